@@ -1,0 +1,439 @@
+/**
+ * The one schema of keel's configuration file. The TypeScript types are derived from it
+ * (`Static<>`), and `docs/keel.schema.json` is generated from it for editors.
+ *
+ * Conventions: durations end in `Ms` (milliseconds), rates in `Hz`; every object rejects
+ * unknown keys; every default is written here with `default:` and applied by the loader.
+ */
+import { Type, type Static, type TObject, type TSchema } from '@sinclair/typebox';
+
+const Strict = { additionalProperties: false } as const;
+
+/** A union of objects told apart by their `type` (or other) tag, validated branch-wise. */
+function Tagged<T extends TObject[]>(tag: string, variants: [...T], description?: string) {
+  return Type.Unsafe<Static<T[number]>>({
+    type: 'object',
+    required: [tag],
+    oneOf: variants,
+    discriminator: { propertyName: tag },
+    ...(description ? { description } : {}),
+  });
+}
+
+const Name = Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_-]{0,63}$', description: 'identifier: letters, digits, _ and -' });
+const PositiveMs = (description: string, dflt?: number) =>
+  Type.Integer({ minimum: 1, maximum: 86_400_000, description, ...(dflt !== undefined ? { default: dflt } : {}) });
+
+// ---------------------------------------------------------------- serial framing and formats
+
+const SerialLink = {
+  path: Type.String({ minLength: 1, description: 'device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...' }),
+  baudRate: Type.Integer({ minimum: 50, maximum: 4_000_000, default: 115200 }),
+  dataBits: Type.Union([Type.Literal(5), Type.Literal(6), Type.Literal(7), Type.Literal(8)], { default: 8 }),
+  parity: Type.Union(['none', 'even', 'odd', 'mark', 'space'].map((p) => Type.Literal(p)), { default: 'none' }),
+  stopBits: Type.Union([Type.Literal(1), Type.Literal(1.5), Type.Literal(2)], { default: 1 }),
+  rtscts: Type.Boolean({ default: false, description: 'hardware flow control' }),
+};
+
+const Reconnect = Type.Object(
+  {
+    initialMs: PositiveMs('first reopen delay', 250),
+    maxMs: PositiveMs('longest reopen delay', 10_000),
+    factor: Type.Number({ minimum: 1, maximum: 10, default: 2 }),
+  },
+  { ...Strict, description: 'reopen with exponential backoff after the port fails or vanishes' },
+);
+
+const CsvFormat = Type.Object(
+  {
+    type: Type.Literal('csv'),
+    columns: Type.Array(Name, { minItems: 1, description: 'channel name of each column, in order' }),
+    delimiter: Type.String({ minLength: 1, maxLength: 1, default: ',' }),
+  },
+  Strict,
+);
+const JsonLinesFormat = Type.Object(
+  {
+    type: Type.Literal('jsonl'),
+    fields: Type.Optional(Type.Array(Name, { minItems: 1, description: 'numeric fields to keep (default: all numeric fields)' })),
+  },
+  Strict,
+);
+const KeyValueFormat = Type.Object(
+  {
+    type: Type.Literal('kv'),
+    separator: Type.String({ minLength: 1, maxLength: 1, default: '=' }),
+    fields: Type.Optional(Type.Array(Name, { minItems: 1 })),
+  },
+  Strict,
+);
+const BinaryFieldType = Type.Union(
+  ['int8', 'uint8', 'int16le', 'int16be', 'uint16le', 'uint16be', 'int32le', 'int32be', 'uint32le', 'uint32be', 'float32le', 'float32be'].map((t) =>
+    Type.Literal(t),
+  ),
+);
+const BinaryFormat = Type.Object(
+  {
+    type: Type.Literal('binary'),
+    recordSize: Type.Integer({ minimum: 1, maximum: 4096, description: 'bytes per record, including any sync bytes' }),
+    sync: Type.Optional(Type.String({ pattern: '^([0-9a-fA-F]{2})+$', description: 'hex bytes that start every record, used to resynchronize' })),
+    fields: Type.Array(
+      Type.Object(
+        {
+          name: Name,
+          type: BinaryFieldType,
+          offset: Type.Integer({ minimum: 0, description: 'byte offset within the record' }),
+          scale: Type.Number({ default: 1 }),
+        },
+        Strict,
+      ),
+      { minItems: 1 },
+    ),
+  },
+  Strict,
+);
+/** How bytes on a serial line become samples. */
+export const SerialFormat = Tagged('type', [CsvFormat, JsonLinesFormat, KeyValueFormat, BinaryFormat]);
+
+// ---------------------------------------------------------------- GPIO
+
+/** A GPIO line named by its chip label and either its offset or its line name. */
+export const GpioLine = Type.Object(
+  {
+    chip: Type.String({ minLength: 1, description: 'gpiochip label (e.g. pinctrl-bcm2711, pinctrl-rp1) or gpiochipN' }),
+    offset: Type.Optional(Type.Integer({ minimum: 0, maximum: 1023, description: 'line offset within the chip' })),
+    name: Type.Optional(Type.String({ minLength: 1, description: 'line name, e.g. GPIO17' })),
+  },
+  { ...Strict, description: 'give offset or name (never a global sysfs number: its base differs per kernel)' },
+);
+
+// ---------------------------------------------------------------- synthetic signals
+
+const Sine = Type.Object(
+  { kind: Type.Literal('sine'), freqHz: Type.Number({ exclusiveMinimum: 0 }), amplitude: Type.Number({ default: 1 }), phase: Type.Number({ default: 0 }) },
+  Strict,
+);
+const Noise = Type.Object({ kind: Type.Literal('noise'), amplitude: Type.Number({ minimum: 0, description: 'standard deviation' }) }, Strict);
+const Constant = Type.Object({ kind: Type.Literal('constant'), value: Type.Number() }, Strict);
+const Steps = Type.Object(
+  { kind: Type.Literal('steps'), levels: Type.Array(Type.Number(), { minItems: 1 }), everyMs: PositiveMs('time at each level') },
+  Strict,
+);
+const Ramp = Type.Object({ kind: Type.Literal('ramp'), from: Type.Number(), to: Type.Number(), overMs: PositiveMs('ramp duration') }, Strict);
+const BasicSignal = Tagged('kind', [Sine, Noise, Constant, Steps, Ramp]);
+const Sequence = Type.Object(
+  {
+    kind: Type.Literal('sequence'),
+    segments: Type.Array(
+      Type.Object({ durationMs: PositiveMs('segment length'), signals: Type.Array(BasicSignal, { minItems: 1 }) }, Strict),
+      { minItems: 1 },
+    ),
+    loop: Type.Boolean({ default: true }),
+  },
+  Strict,
+);
+/** One component of a synthetic channel; a channel's value is the sum of its components. */
+export const Signal = Tagged('kind', [Sine, Noise, Constant, Steps, Ramp, Sequence]);
+
+// ---------------------------------------------------------------- sources
+
+const SourceBase = { name: Name };
+
+const SerialSource = Type.Object(
+  {
+    ...SourceBase,
+    type: Type.Literal('serial'),
+    ...SerialLink,
+    format: SerialFormat,
+    maxLineBytes: Type.Integer({ minimum: 16, maximum: 1_048_576, default: 1024, description: 'longer lines are counted and skipped' }),
+    reconnect: Type.Optional(Reconnect),
+  },
+  Strict,
+);
+const ReplaySource = Type.Object(
+  {
+    ...SourceBase,
+    type: Type.Literal('replay'),
+    file: Type.String({ minLength: 1, description: 'CSV (header row), JSON lines, or 16-bit PCM WAV; relative to the config file' }),
+    timing: Type.Union([Type.Literal('original'), Type.Literal('fast')], { default: 'original', description: 'original timing (times speed) or as fast as possible' }),
+    speed: Type.Number({ exclusiveMinimum: 0, maximum: 1000, default: 1 }),
+    loop: Type.Boolean({ default: false }),
+    timeField: Type.Optional(Type.String({ minLength: 1, description: 'CSV column / JSON field holding the sample time' })),
+    timeUnit: Type.Union([Type.Literal('s'), Type.Literal('ms'), Type.Literal('us')], { default: 'ms' }),
+    rateHz: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000, description: 'sample rate when the file has no time field' })),
+    channels: Type.Optional(Type.Array(Name, { minItems: 1, description: 'WAV: names of the channels (default ch0, ch1, ...)' })),
+  },
+  Strict,
+);
+const SyntheticSource = Type.Object(
+  {
+    ...SourceBase,
+    type: Type.Literal('synthetic'),
+    rateHz: Type.Number({ exclusiveMinimum: 0, maximum: 100_000 }),
+    seed: Type.Integer({ default: 1, description: 'seed of the noise generator, for reproducible runs' }),
+    batchMs: Type.Integer({ minimum: 1, maximum: 1000, default: 10, description: 'emit due samples in batches this often' }),
+    channels: Type.Record(Name, Type.Array(Signal, { minItems: 1 }), { minProperties: 1 }),
+  },
+  Strict,
+);
+const GpioSource = Type.Object(
+  {
+    ...SourceBase,
+    type: Type.Literal('gpio'),
+    line: GpioLine,
+    edge: Type.Union([Type.Literal('rising'), Type.Literal('falling'), Type.Literal('both')], { default: 'both' }),
+    debounceMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 10 }),
+    activeLow: Type.Boolean({ default: false }),
+    channel: Type.Optional(Name),
+  },
+  Strict,
+);
+/** A sensor source. */
+export const Source = Tagged('type', [SerialSource, ReplaySource, SyntheticSource, GpioSource]);
+
+// ---------------------------------------------------------------- actuators
+
+const GpioActuator = Type.Object(
+  {
+    name: Name,
+    type: Type.Literal('gpio'),
+    line: GpioLine,
+    activeLow: Type.Boolean({ default: false }),
+    initial: Type.Union([Type.Literal(0), Type.Literal(1)], { default: 0 }),
+    safe: Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'level driven in the safe state' }),
+  },
+  Strict,
+);
+const SerialActuator = Type.Object(
+  {
+    name: Name,
+    type: Type.Literal('serial'),
+    ...SerialLink,
+    template: Type.String({ default: '{value}\n', description: 'text written per action; {value}, {decision}, {pipeline}, {time} and model outputs like {score} or {score:.2f}' }),
+    encoding: Type.Union([Type.Literal('text'), Type.Literal('hex')], { default: 'text', description: 'hex: the rendered template is hex digits sent as bytes' }),
+    safe: Type.Optional(Type.String({ description: 'rendered with value "safe" and written when the safe state is driven' })),
+    reconnect: Type.Optional(Reconnect),
+  },
+  Strict,
+);
+/** An output the runtime drives. */
+export const Actuator = Tagged('type', [GpioActuator, SerialActuator]);
+
+// ---------------------------------------------------------------- pipelines
+
+const DType = Type.Union(['float32', 'float64', 'int32', 'int64', 'int8', 'uint8'].map((t) => Type.Literal(t)));
+const Dim = Type.Integer({ minimum: -1, maximum: 1 << 24, description: 'dimension; -1 (or a symbolic dimension in the model) for a dynamic one' });
+
+const Window = Type.Object(
+  {
+    size: Type.Integer({ minimum: 1, maximum: 1 << 20, description: 'samples per window' }),
+    hop: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 20, description: 'samples between window starts (default: size)' })),
+    channels: Type.Array(Name, { minItems: 1, description: 'source channels, in the order they fill the tensor' }),
+    layout: Type.Union([Type.Literal('channels-first'), Type.Literal('channels-last')], {
+      default: 'channels-first',
+      description: 'channels-first: [c0 samples..., c1 samples...]; channels-last: interleaved',
+    }),
+  },
+  Strict,
+);
+
+const Transform = Tagged('type', [
+  Type.Object({ type: Type.Literal('scale'), factor: Type.Number(), offset: Type.Number({ default: 0 }) }, Strict),
+  Type.Object(
+    { type: Type.Literal('normalize'), mean: Type.Optional(Type.Array(Type.Number(), { minItems: 1 })), std: Type.Optional(Type.Array(Type.Number({ exclusiveMinimum: 0 }), { minItems: 1 })) },
+    Strict,
+  ),
+  Type.Object({ type: Type.Literal('fft'), hann: Type.Boolean({ default: true }), dropDc: Type.Boolean({ default: false }) }, Strict),
+]);
+
+const ModelInput = Type.Object(
+  {
+    shape: Type.Array(Dim, { minItems: 1, maxItems: 8 }),
+    dtype: Type.Optional(DType),
+  },
+  Strict,
+);
+const StateBinding = Type.Object(
+  {
+    input: Type.String({ minLength: 1, description: 'model input that receives the state' }),
+    output: Type.String({ minLength: 1, description: 'model output whose value becomes the next state' }),
+    shape: Type.Array(Type.Integer({ minimum: 1 }), { minItems: 1, maxItems: 8 }),
+    dtype: Type.Optional(DType),
+    initial: Type.Number({ default: 0, description: 'value of every element after a reset' }),
+  },
+  Strict,
+);
+const Model = Type.Object(
+  {
+    path: Type.String({ minLength: 1, description: '.onnx file, relative to the config file' }),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$', description: 'pinned SHA-256 of the model file (lowercase hex); a mismatch refuses to load' }),
+    input: Type.String({ minLength: 1, description: 'name of the model input fed with the window' }),
+    inputs: Type.Record(Type.String({ minLength: 1 }), ModelInput, { description: 'shape/dtype of each fed input, checked against the model' }),
+    outputs: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'outputs to fetch (default: all but state outputs)' })),
+    state: Type.Optional(Type.Array(StateBinding)),
+    stateReset: Type.Optional(
+      Type.Object(
+        {
+          everyRuns: Type.Optional(Type.Integer({ minimum: 1 })),
+          afterGapMs: Type.Optional(PositiveMs('reset when no window arrived for this long')),
+          onFault: Type.Boolean({ default: true }),
+        },
+        Strict,
+      ),
+    ),
+    threads: Type.Optional(
+      Type.Object({ intraOp: Type.Integer({ minimum: 1, maximum: 64, default: 1 }), interOp: Type.Integer({ minimum: 1, maximum: 64, default: 1 }) }, Strict),
+    ),
+    warmup: Type.Integer({ minimum: 0, maximum: 1000, default: 3 }),
+    executionProviders: Type.Array(Type.Union([Type.Literal('cpu'), Type.Literal('xnnpack')]), { default: ['cpu'] }),
+  },
+  Strict,
+);
+
+const Action = Type.Object(
+  {
+    actuator: Name,
+    value: Type.Union([Type.Number(), Type.Boolean(), Type.String()]),
+  },
+  Strict,
+);
+
+const Condition = Type.Object(
+  {
+    output: Type.Optional(Type.String({ minLength: 1, description: 'model output to test' })),
+    sensor: Type.Optional(Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_-]*\\.[A-Za-z][A-Za-z0-9_-]*$', description: 'latest value of source.channel' })),
+    index: Type.Integer({ minimum: 0, default: 0, description: 'element of the output tensor' }),
+    above: Type.Optional(Type.Number()),
+    below: Type.Optional(Type.Number()),
+    hysteresis: Type.Number({ minimum: 0, default: 0, description: 'how far back across the threshold before the rule exits' }),
+    labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'class labels of the output, by index (argmax)' })),
+    is: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'active when the argmax label is one of these' })),
+    minScore: Type.Optional(Type.Number({ description: 'argmax score must reach this as well' })),
+  },
+  { ...Strict, description: 'one of: output/sensor with above and/or below; or output with labels and is' },
+);
+
+const Rule = Type.Object(
+  {
+    name: Name,
+    when: Condition,
+    debounce: Type.Optional(
+      Type.Object(
+        {
+          count: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000, description: 'consecutive evaluations that must agree' })),
+          ms: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000, description: 'time the condition must hold' })),
+        },
+        Strict,
+      ),
+    ),
+    cooldownMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 0, description: 'minimum time between two entries' }),
+    onEnter: Type.Array(Action, { default: [] }),
+    onExit: Type.Array(Action, { default: [] }),
+  },
+  Strict,
+);
+
+const Policy = Type.Object(
+  {
+    module: Type.String({ minLength: 1, description: 'local .ts/.js file exporting default function decide(input); relative to the config file' }),
+    timeoutMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 50 }),
+  },
+  Strict,
+);
+
+const PipelineWatchdog = Type.Object(
+  {
+    silenceMs: Type.Optional(PositiveMs('fault when the source delivers nothing for this long')),
+    overrunMs: Type.Optional(PositiveMs('fault when one inference takes longer than this')),
+  },
+  Strict,
+);
+
+const Pipeline = Type.Object(
+  {
+    name: Name,
+    source: Name,
+    window: Window,
+    transforms: Type.Array(Transform, { default: [] }),
+    model: Model,
+    rules: Type.Array(Rule, { default: [] }),
+    policy: Type.Optional(Policy),
+    watchdog: Type.Optional(PipelineWatchdog),
+  },
+  Strict,
+);
+
+// ---------------------------------------------------------------- runtime-wide
+
+const Safety = Type.Object(
+  {
+    safeState: Type.Array(Action, { default: [], description: 'actions driven, in order, on any fault (after each actuator\'s own safe value)' }),
+    silenceMs: PositiveMs('default sensor-silence limit', 2000),
+    overrunMs: PositiveMs('default inference time limit', 1000),
+    maxInferenceFailures: Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'consecutive failures before a fault' }),
+    recovery: Type.Union([Type.Literal('auto'), Type.Literal('manual')], { default: 'auto', description: 'auto: leave the safe state once healthy again' }),
+    healthyForMs: PositiveMs('time without faults before an automatic recovery', 3000),
+  },
+  Strict,
+);
+
+const Http = Type.Object(
+  {
+    enabled: Type.Boolean({ default: true }),
+    host: Type.String({ default: '127.0.0.1', description: 'bind address; keep it local unless a proxy guards it' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 9464, description: '0 picks a free port' }),
+  },
+  Strict,
+);
+
+/** The whole configuration file. */
+export const ConfigSchema = Type.Object(
+  {
+    $schema: Type.Optional(Type.String()),
+    device: Type.Object({ name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', default: 'keel-device' }) }, { ...Strict, default: {} }),
+    gpio: Type.Object(
+      {
+        backend: Type.Union([Type.Literal('onoff'), Type.Literal('sim')], { default: 'onoff', description: 'sim: in-memory lines for tests and demos' }),
+        sysfsRoot: Type.String({ default: '/sys/class/gpio' }),
+      },
+      { ...Strict, default: {} },
+    ),
+    sources: Type.Array(Source, { minItems: 1 }),
+    actuators: Type.Array(Actuator, { default: [] }),
+    pipelines: Type.Array(Pipeline, { minItems: 1 }),
+    safety: Type.Object(Safety.properties, { ...Strict, default: {} }),
+    http: Type.Object(Http.properties, { ...Strict, default: {} }),
+    log: Type.Object(
+      { level: Type.Union(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }) },
+      { ...Strict, default: {} },
+    ),
+  },
+  { ...Strict, $id: 'https://keel.dev/schema/config.json', title: 'keel configuration' },
+);
+
+/** A validated configuration, defaults applied. */
+export type KeelConfig = Static<typeof ConfigSchema>;
+export type SourceConfig = KeelConfig['sources'][number];
+export type SerialSourceConfig = Extract<SourceConfig, { type: 'serial' }>;
+export type ReplaySourceConfig = Extract<SourceConfig, { type: 'replay' }>;
+export type SyntheticSourceConfig = Extract<SourceConfig, { type: 'synthetic' }>;
+export type GpioSourceConfig = Extract<SourceConfig, { type: 'gpio' }>;
+export type ActuatorConfig = KeelConfig['actuators'][number];
+export type GpioActuatorConfig = Extract<ActuatorConfig, { type: 'gpio' }>;
+export type SerialActuatorConfig = Extract<ActuatorConfig, { type: 'serial' }>;
+export type SerialFormatConfig = Static<typeof SerialFormat>;
+export type SignalConfig = Static<typeof Signal>;
+export type GpioLineConfig = Static<typeof GpioLine>;
+export type PipelineConfig = KeelConfig['pipelines'][number];
+export type ModelConfig = PipelineConfig['model'];
+export type TransformConfig = PipelineConfig['transforms'][number];
+export type RuleConfig = PipelineConfig['rules'][number];
+export type ActionConfig = RuleConfig['onEnter'][number];
+export type PolicyConfig = NonNullable<PipelineConfig['policy']>;
+export type SafetyConfig = KeelConfig['safety'];
+export type ReconnectConfig = Static<typeof Reconnect>;
+
+/** Exported for schema generation; the plain JSON Schema object. */
+export function jsonSchema(): TSchema {
+  return ConfigSchema;
+}
