@@ -53,8 +53,14 @@ export class ConfigError extends KeelError {
   }
 }
 
-/** Model loading, pinning or tensor-mapping failures. */
-export class ModelError extends KeelError {}
+/** Model loading, pinning or tensor-mapping failures; `issues` locates each in the config. */
+export class ModelError extends KeelError {
+  readonly issues: ConfigIssue[];
+  constructor(code: KeelErrorCode, message: string, options: { cause?: unknown; retryable?: boolean; issues?: ConfigIssue[] } = {}) {
+    super(code, message, options);
+    this.issues = options.issues ?? [];
+  }
+}
 
 /** A driver (serial, GPIO, replay, actuator) failed. */
 export class DriverError extends KeelError {}

@@ -254,7 +254,6 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
       if (t.type === 'fft') {
         if (!isFftSize(len)) add(`${at}.transforms[${k}]`, `fft needs a power-of-two window size >= 4, got ${len}`);
         len = len / 2 + 1 - (t.dropDc ? 1 : 0);
-        if (p.window.layout === 'channels-last') add(`${at}.transforms[${k}]`, 'fft needs window.layout channels-first');
       }
       if (t.type === 'normalize') {
         if ((t.mean === undefined) !== (t.std === undefined)) add(`${at}.transforms[${k}]`, 'give both mean and std, or neither (per-window z-score)');
@@ -280,11 +279,24 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
         add(`${at}.model.inputs.${m.input}.shape`, `[${fed.shape.join(', ')}] cannot hold the window's ${elements} values`);
       }
     }
-    for (const name of Object.keys(m.inputs)) {
-      if (name !== m.input && !(m.state ?? []).some((s) => s.input === name)) {
-        add(`${at}.model.inputs.${name}`, `input "${name}" is neither the window input nor a state input`);
+    for (const [name, spec] of Object.entries(m.inputs)) {
+      if (name === m.input) {
+        if (spec.value !== undefined) add(`${at}.model.inputs.${name}.value`, 'the window input is fed from the window; it cannot have a constant value');
+        continue;
+      }
+      if ((m.state ?? []).some((s) => s.input === name)) {
+        add(`${at}.model.inputs.${name}`, `"${name}" is bound in model.state; describe it there only`);
+      } else if (spec.value === undefined) {
+        add(`${at}.model.inputs.${name}.value`, `input "${name}" is neither the window input nor a state input: give it a constant value`);
+      } else if (Array.isArray(spec.value)) {
+        if (spec.shape.includes(-1)) add(`${at}.model.inputs.${name}.shape`, 'a constant input needs a fixed shape');
+        const n = spec.shape.reduce((a, b) => a * b, 1);
+        if (spec.value.length !== n) add(`${at}.model.inputs.${name}.value`, `expected ${n} values for shape [${spec.shape.join(', ')}], got ${spec.value.length}`);
+      } else if (spec.shape.includes(-1)) {
+        add(`${at}.model.inputs.${name}.shape`, 'a constant input needs a fixed shape');
       }
     }
+    if (fed && fed.shape.length === 0) add(`${at}.model.inputs.${m.input}.shape`, 'the window input cannot be a scalar');
     (m.state ?? []).forEach((s, k) => {
       if (s.input === m.input) add(`${at}.model.state[${k}].input`, 'the window input cannot also be a state input');
     });

@@ -248,8 +248,13 @@ const Transform = Tagged('type', [
 
 const ModelInput = Type.Object(
   {
-    shape: Type.Array(Dim, { minItems: 1, maxItems: 8 }),
+    shape: Type.Array(Dim, { maxItems: 8, description: '[] for a scalar' }),
     dtype: Type.Optional(DType),
+    value: Type.Optional(
+      Type.Union([Type.Number(), Type.Array(Type.Number(), { minItems: 1 })], {
+        description: 'constant fed on every run (e.g. a sample rate); one number fills every element',
+      }),
+    ),
   },
   Strict,
 );
@@ -268,7 +273,7 @@ const Model = Type.Object(
     path: Type.String({ minLength: 1, description: '.onnx file, relative to the config file' }),
     sha256: Type.String({ pattern: '^[0-9a-f]{64}$', description: 'pinned SHA-256 of the model file (lowercase hex); a mismatch refuses to load' }),
     input: Type.String({ minLength: 1, description: 'name of the model input fed with the window' }),
-    inputs: Type.Record(Type.String({ minLength: 1 }), ModelInput, { description: 'shape/dtype of each fed input, checked against the model' }),
+    inputs: Type.Record(Type.String({ minLength: 1 }), ModelInput, { description: 'shape/dtype of the window input and of any constant inputs, checked against the model' }),
     outputs: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'outputs to fetch (default: all but state outputs)' })),
     state: Type.Optional(Type.Array(StateBinding)),
     stateReset: Type.Optional(

@@ -1,0 +1,325 @@
+/**
+ * The `keel` command line. Subcommands with `--help`; human output on a terminal and JSON
+ * with `--json`; distinct exit codes (see EXIT).
+ */
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { SystemClock } from './clock.ts';
+import { loadConfigFile, type LoadedConfig } from './config/load.ts';
+import { jsonSchema } from './config/schema.ts';
+import { ConfigError, KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
+import { ModelRunner } from './inference.ts';
+import { createLogger } from './ops/log.ts';
+import { LiveView } from './ops/live-view.ts';
+import { KEEL_VERSION, Runtime } from './runtime.ts';
+import { createDriverDeps } from '../drivers/index.ts';
+
+/** Process exit codes. */
+export const EXIT = {
+  ok: 0,
+  /** The runtime failed while running, or could not start for a reason outside the config. */
+  failure: 1,
+  /** Bad command line. */
+  usage: 2,
+  /** The configuration (or a model it names) is invalid; nothing was started. */
+  config: 3,
+  /** A second signal forced the exit before the graceful shutdown finished. */
+  forced: 130,
+} as const;
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** The config `npm start` / `keel demo` runs. */
+export const DEMO_CONFIG = path.join(ROOT, 'examples', 'demo.yaml');
+
+interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  isTTY: boolean;
+}
+
+const HELP: Record<string, string> = {
+  main: `keel ${KEEL_VERSION}: offline inference runtime for robots and IoT devices
+
+Usage: keel <command> [options]
+
+Commands:
+  run <config>      run a configuration until SIGINT/SIGTERM (or --duration)
+  check <config>    validate a configuration and its models without starting anything
+  demo              run the bundled robot demo on simulated sensors and GPIO
+  schema            print the configuration's JSON Schema (for editors)
+  version           print the version
+
+Run 'keel <command> --help' for a command's options.
+Exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid configuration, 130 forced stop.`,
+  run: `Usage: keel run <config> [options]
+
+Validates the whole configuration (and every model) first and starts nothing on any error.
+Logs are JSON lines on stdout; /metrics and /healthz are served on the configured address.
+
+Options:
+  -d, --duration <s>   stop after this many seconds (default: run until SIGINT/SIGTERM)
+  -l, --log-level <l>  override log.level (trace, debug, info, warn, error, fatal, silent)
+      --live           print the compact live view on stderr every second
+  -h, --help           show this help`,
+  check: `Usage: keel check <config> [options]
+
+Reports every problem at once, each with its path (pipelines[0].model.inputs.x.shape: ...).
+Loads each model to check its SHA-256 pin and tensor names, shapes and dtypes; opens no device.
+
+Options:
+      --json           print {"ok": bool, "issues": [{"path", "message"}]}
+      --skip-models    check the file only, do not load the models
+  -h, --help           show this help`,
+  demo: `Usage: keel demo [options]
+
+Runs examples/demo.yaml: a robot on simulated sensors and GPIO with the shipped models,
+fully offline, printing a live view (sensor rate, inference latency p50/p99, decisions,
+faults) until Ctrl-C or --duration.
+
+Options:
+  -d, --duration <s>   stop after this many seconds
+  -c, --config <file>  run another config with the live view
+      --json           print one JSON snapshot per second instead of the live view
+  -h, --help           show this help`,
+  schema: `Usage: keel schema [--out <file>]
+
+Prints the JSON Schema of the configuration file (draft 2020-12 compatible). Point your
+editor at it (YAML: '# yaml-language-server: $schema=<path>') for completion and checks.
+
+Options:
+  -o, --out <file>     write to a file instead of stdout
+  -h, --help           show this help`,
+  version: 'Usage: keel version',
+};
+
+function usageError(msg: string, cmd: string): KeelError & { cmd: string } {
+  return Object.assign(new KeelError('KEEL_E_USAGE', msg), { cmd });
+}
+
+function parse(cmd: string, args: string[], options: ParseArgsConfig['options']) {
+  try {
+    return parseArgs({ args, options: { help: { type: 'boolean', short: 'h' }, ...options }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw usageError(asError(err).message, cmd);
+  }
+}
+
+function seconds(v: string | undefined, cmd: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw usageError(`--duration must be a positive number of seconds, got "${v}"`, cmd);
+  return n;
+}
+
+function printIssues(io: Io, file: string, issues: ConfigIssue[]): void {
+  io.err(`${file}: ${issues.length} problem${issues.length === 1 ? '' : 's'}`);
+  for (const i of issues) io.err(`  ${i.path || '(file)'}: ${i.message}`);
+}
+
+/** Loads the config file and every model; returns the issues (empty when valid). */
+async function checkAll(file: string, loadModels: boolean): Promise<{ loaded?: LoadedConfig; issues: ConfigIssue[] }> {
+  let loaded: LoadedConfig;
+  try {
+    loaded = loadConfigFile(file);
+  } catch (err) {
+    if (err instanceof ConfigError) return { issues: err.issues };
+    throw err;
+  }
+  const issues: ConfigIssue[] = [];
+  if (loadModels) {
+    const { config, dir } = loaded;
+    await Promise.all(
+      config.pipelines.map(async (p, i) => {
+        try {
+          const runner = await ModelRunner.load(p.model, dir, `pipelines[${i}].model`);
+          await runner.release();
+        } catch (err) {
+          if (err instanceof ModelError) issues.push(...(err.issues.length ? err.issues : [{ path: `pipelines[${i}].model`, message: err.message }]));
+          else throw err;
+        }
+      }),
+    );
+  }
+  return { loaded, issues };
+}
+
+async function cmdCheck(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse('check', args, { json: { type: 'boolean' }, 'skip-models': { type: 'boolean' } });
+  if (values.help) return io.out(HELP.check), EXIT.ok;
+  if (positionals.length !== 1) throw usageError('check takes exactly one config file', 'check');
+  const file = positionals[0];
+  const { loaded, issues } = await checkAll(file, !values['skip-models']);
+  if (values.json) {
+    io.out(JSON.stringify({ ok: issues.length === 0, file, issues }));
+  } else if (issues.length > 0) {
+    printIssues(io, file, issues);
+  } else {
+    const c = loaded!.config;
+    io.out(`${file}: ok (${c.sources.length} source${c.sources.length === 1 ? '' : 's'}, ${c.actuators.length} actuator${c.actuators.length === 1 ? '' : 's'}, ${c.pipelines.length} pipeline${c.pipelines.length === 1 ? '' : 's'}${values['skip-models'] ? ', models not loaded' : ', models pinned and matching'})`);
+  }
+  return issues.length === 0 ? EXIT.ok : EXIT.config;
+}
+
+interface RunOptions {
+  file: string;
+  durationS?: number;
+  logLevel?: string;
+  live: 'tty' | 'json' | 'none';
+  logFd: 1 | 2;
+}
+
+async function runConfig(o: RunOptions, io: Io): Promise<number> {
+  const { loaded, issues } = await checkAll(o.file, false);
+  if (issues.length > 0 || !loaded) {
+    printIssues(io, o.file, issues);
+    io.err('refusing to start: fix the configuration (keel check shows the same list)');
+    return EXIT.config;
+  }
+  const { config, dir } = loaded;
+  const level = (o.logLevel ?? config.log.level) as Parameters<typeof createLogger>[0];
+  const logger = createLogger(level, o.logFd);
+  const clock = new SystemClock();
+  let runtime: Runtime;
+  try {
+    runtime = await Runtime.create(config, { ...createDriverDeps(config, clock), clock, logger, baseDir: dir });
+  } catch (err) {
+    if (err instanceof ModelError && err.issues.length) {
+      printIssues(io, o.file, err.issues);
+      io.err('refusing to start: fix the configuration (keel check shows the same list)');
+      return EXIT.config;
+    }
+    throw err;
+  }
+  let view: LiveView | undefined;
+  const stopped = new Promise<string>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      signals++;
+      if (signals > 1) {
+        io.err(`second ${sig}: exiting without finishing the shutdown`);
+        process.exit(EXIT.forced);
+      }
+      resolve(sig);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    if (o.durationS) setTimeout(() => resolve('duration'), o.durationS * 1000).unref();
+  });
+  try {
+    await runtime.start();
+  } catch (err) {
+    logger.error({ err: asError(err).message, code: (err as KeelError).code }, 'start failed');
+    await runtime.stop('start failed').catch(() => undefined);
+    io.err(`keel: cannot start: ${asError(err).message}`);
+    return err instanceof KeelError && err.code === 'KEEL_E_CONFIG' ? EXIT.config : EXIT.failure;
+  }
+  if (o.live !== 'none') view = new LiveView(runtime, { json: o.live === 'json', write: o.live === 'json' ? io.out : io.err, tty: io.isTTY, title: config.device.name });
+  view?.start();
+  const reason = await stopped;
+  view?.stop();
+  await runtime.stop(reason);
+  view?.final();
+  return EXIT.ok;
+}
+
+async function cmdRun(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse('run', args, {
+    duration: { type: 'string', short: 'd' },
+    'log-level': { type: 'string', short: 'l' },
+    live: { type: 'boolean' },
+  });
+  if (values.help) return io.out(HELP.run), EXIT.ok;
+  if (positionals.length !== 1) throw usageError('run takes exactly one config file', 'run');
+  const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+  const lvl = values['log-level'] as string | undefined;
+  if (lvl !== undefined && !levels.includes(lvl)) throw usageError(`--log-level must be one of ${levels.join(', ')}`, 'run');
+  return runConfig({ file: positionals[0], durationS: seconds(values.duration as string | undefined, 'run'), logLevel: lvl, live: values.live ? 'tty' : 'none', logFd: 1 }, io);
+}
+
+async function cmdDemo(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse('demo', args, {
+    duration: { type: 'string', short: 'd' },
+    config: { type: 'string', short: 'c' },
+    json: { type: 'boolean' },
+  });
+  if (values.help) return io.out(HELP.demo), EXIT.ok;
+  if (positionals.length) throw usageError('demo takes no positional arguments', 'demo');
+  return runConfig(
+    { file: (values.config as string | undefined) ?? DEMO_CONFIG, durationS: seconds(values.duration as string | undefined, 'demo'), logLevel: 'warn', live: values.json ? 'json' : 'tty', logFd: 2 },
+    io,
+  );
+}
+
+function cmdSchema(args: string[], io: Io): number {
+  const { values, positionals } = parse('schema', args, { out: { type: 'string', short: 'o' } });
+  if (values.help) return io.out(HELP.schema), EXIT.ok;
+  if (positionals.length) throw usageError('schema takes no positional arguments', 'schema');
+  const text = JSON.stringify(jsonSchema(), null, 2) + '\n';
+  if (values.out) writeFileSync(values.out as string, text);
+  else io.out(text.trimEnd());
+  return EXIT.ok;
+}
+
+/** Runs the CLI with `argv` (without node and script); returns the exit code. */
+export async function main(argv: string[], io: Io): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case undefined:
+      case 'help':
+      case '-h':
+      case '--help':
+        if (rest[0] && HELP[rest[0]]) io.out(HELP[rest[0]]);
+        else io.out(HELP.main);
+        return cmd === undefined ? EXIT.usage : EXIT.ok;
+      case 'version':
+      case '--version':
+      case '-V':
+        io.out(KEEL_VERSION);
+        return EXIT.ok;
+      case 'check':
+        return await cmdCheck(rest, io);
+      case 'run':
+        return await cmdRun(rest, io);
+      case 'demo':
+        return await cmdDemo(rest, io);
+      case 'schema':
+        return cmdSchema(rest, io);
+      default:
+        throw usageError(`unknown command "${cmd}"`, 'main');
+    }
+  } catch (err) {
+    if (err instanceof KeelError && err.code === 'KEEL_E_USAGE') {
+      io.err(`keel: ${err.message}`);
+      io.err(`Run 'keel ${(err as KeelError & { cmd?: string }).cmd === 'main' ? '' : `${(err as KeelError & { cmd?: string }).cmd} `}--help' for usage.`);
+      return EXIT.usage;
+    }
+    if (err instanceof ConfigError) {
+      printIssues(io, 'config', err.issues);
+      return EXIT.config;
+    }
+    const e = asError(err);
+    io.err(`keel: ${e.message}`);
+    if (!(err instanceof KeelError) && process.env.KEEL_DEBUG) io.err(e.stack ?? '');
+    return EXIT.failure;
+  }
+}
+
+/** Entry point for bin/keel.js and `tsx runtime/cli.ts`: runs main on process.argv and sets the exit code. */
+export async function runCli(): Promise<void> {
+  const io: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n'), isTTY: Boolean(process.stderr.isTTY) };
+  let code: number;
+  try {
+    code = await main(process.argv.slice(2), io);
+  } catch (err) {
+    process.stderr.write(`keel: ${asError(err).message}\n`);
+    code = EXIT.failure;
+  }
+  process.exitCode = code;
+  // Everything is closed by now; if a stray handle still holds the loop, do not hang forever.
+  setTimeout(() => process.exit(code), 3000).unref();
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void runCli();

@@ -1,0 +1,441 @@
+/**
+ * The device runtime: sources -> windows -> transforms -> inference -> decisions -> actuators,
+ * under a watchdog that drives the safe state on any fault.
+ *
+ * Everything with IO comes in through `RuntimeDeps` (clock, GPIO backend, serial opener,
+ * logger), so the same runtime runs on a board, in CI on simulated twins, and in tests on a
+ * fake clock. The runtime emits typed events for everything it sees and does (inference,
+ * decision, action, fault); the ledger and the live view subscribe to them.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import type { ActionContext, Actuator, Sample, SensorSource } from '../drivers/types.ts';
+import { createActuator, createSource, type DriverDeps } from '../drivers/index.ts';
+import type { Clock } from './clock.ts';
+import type { ActionConfig, KeelConfig, PipelineConfig } from './config/schema.ts';
+import { RuleEngine, type DecisionEvent } from './decisions/rules.ts';
+import { PolicyHost } from './decisions/policy.ts';
+import { KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
+import { ModelRunner, type ModelOutputs } from './inference.ts';
+import { RuntimeMetrics } from './ops/metrics.ts';
+import { startOpsServer, type Health, type OpsServer } from './ops/http.ts';
+import { LatencyWindow } from './pipeline/latency.ts';
+import { Windower, windowToInput } from './pipeline/window.ts';
+import type { Frame } from './pipeline/transforms.ts';
+import { SafeState, Watchdog, type Fault } from './safety.ts';
+
+/** keel's version, recorded in logs and (later) in inference receipts. */
+export const KEEL_VERSION = '0.1.0';
+
+/** The IO capabilities a runtime is built with. */
+export interface RuntimeDeps extends DriverDeps {
+  clock: Clock;
+  logger: Logger;
+  /** Directory that relative paths in the config resolve against. */
+  baseDir: string;
+  /** Skip the HTTP endpoint even if the config enables it (tests, benchmarks). */
+  noHttp?: boolean;
+}
+
+/** One inference, as the runtime reports it. */
+export interface InferenceEvent {
+  pipeline: string;
+  /** Epoch ms of the newest sample in the window. */
+  t: number;
+  /** Duration of session.run, ms. */
+  ms: number;
+  outputs: ModelOutputs;
+  modelSha256: string;
+  /** The exact values fed to the window input (after transforms), for receipts. */
+  input: Float32Array;
+}
+
+/** An action the runtime applied (or refused, or failed to apply). */
+export interface ActionEvent {
+  actuator: string;
+  value: ActionConfig['value'];
+  origin: string;
+  result: 'ok' | 'suppressed' | 'failed';
+  error?: string;
+  t: number;
+}
+
+/** Events of a running runtime. */
+export interface RuntimeEvents {
+  inference: [InferenceEvent];
+  decision: [DecisionEvent];
+  action: [ActionEvent];
+  fault: [Fault];
+  safe: [Fault];
+  recovered: [];
+  /** A finite source ended (replay without loop) and no other source is live. */
+  idle: [];
+}
+
+interface PipelineState {
+  cfg: PipelineConfig;
+  index: number;
+  windower: Windower;
+  runner: ModelRunner;
+  rules: RuleEngine;
+  policy?: PolicyHost;
+  busy: boolean;
+  pending?: Frame;
+  lastFrameAt: number;
+  latency: LatencyWindow;
+  inferences: number;
+  decisions: number;
+  idle?: Promise<void>;
+  resolveIdle?: () => void;
+}
+
+/** A snapshot for the live view and `/healthz`. */
+export interface RuntimeSnapshot {
+  uptimeMs: number;
+  status: Health['status'];
+  sources: { name: string; samples: number; dropped: number; reconnects: number; connected: boolean }[];
+  pipelines: { name: string; inferences: number; windowsDropped: number; p50Ms: number; p99Ms: number; decisions: number; active: string[] }[];
+  faults: number;
+  activeFaults: string[];
+}
+
+/** A configured runtime. Build with `Runtime.create`, then `start()`, and `stop()` at the end. */
+export class Runtime extends EventEmitter<RuntimeEvents> {
+  readonly config: KeelConfig;
+  readonly metrics = new RuntimeMetrics(() => [...this.sources].map(([name, s]) => [name, s.stats()] as const));
+  private readonly deps: RuntimeDeps;
+  private readonly log: Logger;
+  private readonly sources = new Map<string, SensorSource>();
+  private readonly actuators = new Map<string, Actuator>();
+  private readonly pipelines: PipelineState[] = [];
+  private readonly sensors: Record<string, number> = {};
+  private readonly watchdog: Watchdog;
+  private readonly safeState: SafeState;
+  private http?: OpsServer;
+  private status: Health['status'] = 'starting';
+  private startedAt = 0;
+  private faultCount = 0;
+  private ended = new Set<string>();
+
+  private constructor(config: KeelConfig, deps: RuntimeDeps) {
+    super();
+    this.config = config;
+    this.deps = deps;
+    this.log = deps.logger;
+    const s = config.safety;
+    this.watchdog = new Watchdog({
+      clock: deps.clock,
+      silenceMs: s.silenceMs,
+      overrunMs: s.overrunMs,
+      maxInferenceFailures: s.maxInferenceFailures,
+      pipelines: Object.fromEntries(config.pipelines.map((p) => [p.name, { silenceMs: p.watchdog?.silenceMs, overrunMs: p.watchdog?.overrunMs }])),
+    });
+    this.safeState = new SafeState({
+      clock: deps.clock,
+      actuators: this.actuators,
+      safeState: s.safeState,
+      recovery: s.recovery,
+      healthyForMs: s.healthyForMs,
+      watchdog: this.watchdog,
+    });
+  }
+
+  /**
+   * Builds every driver, loads and checks every model (all problems reported at once, as a
+   * ModelError whose `issues` carry config paths), warms the models up. Starts nothing.
+   */
+  static async create(config: KeelConfig, deps: RuntimeDeps): Promise<Runtime> {
+    const rt = new Runtime(config, deps);
+    for (const a of config.actuators) rt.actuators.set(a.name, createActuator(a, deps));
+    for (const s of config.sources) rt.sources.set(s.name, createSource(s, deps));
+    const issues: ConfigIssue[] = [];
+    const loaded = await Promise.allSettled(config.pipelines.map((p, i) => ModelRunner.load(p.model, deps.baseDir, `pipelines[${i}].model`)));
+    loaded.forEach((r) => {
+      if (r.status === 'rejected') {
+        const e = r.reason;
+        if (e instanceof ModelError && e.issues.length) issues.push(...e.issues);
+        else issues.push({ path: 'pipelines', message: asError(e).message });
+      }
+    });
+    if (issues.length > 0) {
+      await Promise.all(loaded.map((r) => (r.status === 'fulfilled' ? r.value.release() : undefined)));
+      throw new ModelError('KEEL_E_MODEL_IO', `cannot load the models:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
+    }
+    config.pipelines.forEach((p, i) => {
+      const runner = (loaded[i] as PromiseFulfilledResult<ModelRunner>).value;
+      rt.pipelines.push({
+        cfg: p,
+        index: i,
+        windower: new Windower(p.window.channels, p.window.size, p.window.hop ?? p.window.size),
+        runner,
+        rules: new RuleEngine(p.rules, { clock: deps.clock }),
+        policy: p.policy ? new PolicyHost(p.policy, { baseDir: deps.baseDir, actuators: new Set(rt.actuators.keys()), clock: deps.clock }) : undefined,
+        busy: false,
+        lastFrameAt: 0,
+        latency: new LatencyWindow(2048),
+        inferences: 0,
+        decisions: 0,
+      });
+    });
+    for (const p of rt.pipelines) {
+      const elements = windowToInput(zeroFrame(p.cfg), p.cfg).length;
+      await p.runner.warmup(p.cfg.model.warmup, elements);
+    }
+    return rt;
+  }
+
+  /** Opens actuators (initial values), the HTTP endpoint, policy workers, then the sources. */
+  async start(): Promise<void> {
+    const { clock } = this.deps;
+    this.startedAt = clock.monotonic();
+    for (const a of this.actuators.values()) await a.open();
+    for (const p of this.pipelines) if (p.policy) await p.policy.start();
+    if (this.config.http.enabled && !this.deps.noHttp) {
+      this.http = await startOpsServer(this.config.http.host, this.config.http.port, {
+        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metricsText() }),
+        health: () => this.health(),
+      });
+      this.log.info({ address: this.http.address }, 'ops endpoint listening (/metrics, /healthz)');
+    }
+    this.watchdog.on('fault', (f: Fault) => this.onFault(f));
+    this.safeState.on('safe', (f: Fault) => {
+      this.metrics.safe.set(1);
+      for (const p of this.pipelines) p.rules.reset();
+      this.log.warn({ fault: f }, 'safe state driven');
+      this.emit('safe', f);
+    });
+    this.safeState.on('recovered', () => {
+      this.metrics.safe.set(0);
+      this.log.info('recovered from the safe state');
+      this.emit('recovered');
+    });
+    for (const [name, src] of this.sources) {
+      src.on('sample', (s) => this.onSample(name, s));
+      src.on('fault', (err) => {
+        this.log.warn({ source: name, code: err.code, err: err.message }, 'source fault');
+        this.watchdog.report('source-fault', `${name}: ${err.message}`);
+      });
+      src.on('recovered', () => this.log.info({ source: name }, 'source recovered'));
+      src.on('end', () => {
+        this.ended.add(name);
+        this.log.info({ source: name }, 'source ended');
+        if (this.ended.size === this.sources.size) this.emit('idle');
+      });
+    }
+    this.watchdog.start(this.pipelines.map((p) => p.cfg.name));
+    for (const src of this.sources.values()) await src.start();
+    this.status = 'ok';
+    this.log.info(
+      { device: this.config.device.name, version: KEEL_VERSION, pipelines: this.pipelines.map((p) => ({ name: p.cfg.name, model: p.runner.info.path, sha256: p.runner.info.sha256 })) },
+      'keel running',
+    );
+  }
+
+  /**
+   * Stops in the order that keeps the machine safe: safe state first, then sources, then
+   * waits (bounded) for in-flight inferences, then policies, actuators and models.
+   */
+  async stop(reason = 'shutdown'): Promise<void> {
+    if (this.status === 'stopping') return;
+    this.status = 'stopping';
+    this.log.info({ reason }, 'stopping: driving the safe state first');
+    await this.safeState.driveSafe(reason);
+    this.watchdog.stop();
+    await Promise.allSettled([...this.sources.values()].map((s) => s.stop()));
+    await Promise.race([
+      Promise.allSettled(this.pipelines.map((p) => p.idle)),
+      new Promise((r) => setTimeout(r, 2000).unref()),
+    ]);
+    await Promise.allSettled(this.pipelines.map((p) => p.policy?.stop()));
+    await Promise.allSettled([...this.actuators.values()].map((a) => a.close()));
+    await Promise.allSettled(this.pipelines.map((p) => p.runner.release()));
+    await this.http?.close();
+    this.safeState.dispose?.();
+  }
+
+  private onSample(source: string, s: Sample): void {
+    for (const ch in s.values) this.sensors[`${source}.${ch}`] = s.values[ch];
+    for (const p of this.pipelines) {
+      if (p.cfg.source !== source) continue;
+      this.watchdog.feed(p.cfg.name);
+      const before = p.windower.incomplete;
+      const frame = p.windower.push(s);
+      if (p.windower.incomplete !== before) this.metrics.incomplete.inc({ pipeline: p.cfg.name });
+      if (frame) this.schedule(p, frame);
+    }
+  }
+
+  /** Runs the frame now, or keeps it as the one pending frame (newest wins, older counted as dropped). */
+  private schedule(p: PipelineState, frame: Frame): void {
+    this.metrics.windows.inc({ pipeline: p.cfg.name });
+    if (p.busy) {
+      if (p.pending) this.metrics.windowsDropped.inc({ pipeline: p.cfg.name });
+      p.pending = frame;
+      return;
+    }
+    p.busy = true;
+    p.idle = new Promise((r) => (p.resolveIdle = r));
+    void this.drain(p, frame);
+  }
+
+  private async drain(p: PipelineState, first: Frame): Promise<void> {
+    let frame: Frame | undefined = first;
+    try {
+      while (frame && this.status !== 'stopping') {
+        await this.process(p, frame);
+        frame = p.pending;
+        p.pending = undefined;
+      }
+    } catch (err) {
+      // process() handles its own failures; anything here is a bug, and still must not crash.
+      this.log.error({ err: asError(err).message, pipeline: p.cfg.name }, 'pipeline error');
+    } finally {
+      p.busy = false;
+      p.pending = undefined;
+      p.resolveIdle?.();
+    }
+  }
+
+  private async process(p: PipelineState, frame: Frame): Promise<void> {
+    const { clock } = this.deps;
+    const name = p.cfg.name;
+    const t = p.windower.lastTime;
+    const reset = p.cfg.model.stateReset;
+    if (p.runner.stateful && reset) {
+      if (reset.everyRuns && p.runner.runsSinceStateReset >= reset.everyRuns) p.runner.resetState();
+      if (reset.afterGapMs && p.lastFrameAt && t - p.lastFrameAt > reset.afterGapMs) p.runner.resetState();
+    }
+    p.lastFrameAt = t;
+    const input = windowToInput(frame, p.cfg);
+    this.watchdog.inferenceStarted(name);
+    const t0 = clock.monotonic();
+    let outputs: ModelOutputs;
+    try {
+      outputs = await p.runner.run(input);
+    } catch (err) {
+      const e = asError(err);
+      this.metrics.inferenceFailures.inc({ pipeline: name });
+      this.log.warn({ pipeline: name, err: e.message }, 'inference failed');
+      if (p.runner.stateful && (reset?.onFault ?? true)) p.runner.resetState();
+      this.watchdog.inferenceFailed(name, e);
+      return;
+    }
+    const ms = clock.monotonic() - t0;
+    this.watchdog.inferenceFinished(name, ms);
+    p.latency.add(ms);
+    p.inferences++;
+    this.metrics.inferences.inc({ pipeline: name });
+    this.metrics.inferenceSeconds.observe({ pipeline: name }, ms / 1000);
+    if (this.listenerCount('inference') > 0) this.emit('inference', { pipeline: name, t, ms, outputs, modelSha256: p.runner.info.sha256, input });
+
+    const decisionInput = { pipeline: name, t, outputs, sensors: this.sensors };
+    const events = p.rules.evaluate(decisionInput);
+    for (const ev of events) {
+      p.decisions++;
+      this.metrics.decisions.inc({ pipeline: name, rule: ev.rule, state: ev.state });
+      this.log.info({ pipeline: name, rule: ev.rule, state: ev.state, value: ev.value }, 'decision');
+      this.emit('decision', ev);
+      await this.apply(ev.actions, { decision: ev.rule, pipeline: name, state: ev.state, time: new Date(t).toISOString(), value: ev.value, ...flatOutputs(outputs) }, `${name}/${ev.rule}`);
+    }
+    if (p.policy) {
+      try {
+        const res = await p.policy.decide({ ...decisionInput, states: p.rules.states() });
+        this.metrics.policyCalls.inc({ pipeline: name, result: 'ok' });
+        if (res.actions?.length) await this.apply(res.actions, { pipeline: name, decision: 'policy', time: new Date(t).toISOString(), ...flatOutputs(outputs) }, `${name}/policy`);
+      } catch (err) {
+        const e = asError(err);
+        this.metrics.policyCalls.inc({ pipeline: name, result: 'failed' });
+        this.log.warn({ pipeline: name, err: e.message }, 'policy failed');
+        this.watchdog.report('policy-failure', `${name}: ${e.message}`);
+      }
+    }
+  }
+
+  /** Applies actions in order; suppressed while the safe state holds. */
+  private async apply(actions: readonly ActionConfig[], context: ActionContext, origin: string): Promise<void> {
+    for (const a of actions) {
+      const t = this.deps.clock.now();
+      if (this.safeState.isSafe()) {
+        this.metrics.actions.inc({ actuator: a.actuator, result: 'suppressed' });
+        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: 'suppressed', t });
+        continue;
+      }
+      const act = this.actuators.get(a.actuator);
+      try {
+        if (!act) throw new KeelError('KEEL_E_ACTUATOR', `no actuator named "${a.actuator}"`);
+        await act.write(a.value, context);
+        this.metrics.actions.inc({ actuator: a.actuator, result: 'ok' });
+        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: 'ok', t });
+      } catch (err) {
+        const e = asError(err);
+        this.metrics.actions.inc({ actuator: a.actuator, result: 'failed' });
+        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: 'failed', error: e.message, t });
+        this.log.warn({ actuator: a.actuator, err: e.message }, 'action failed');
+        this.watchdog.report('actuator-failure', `${a.actuator}: ${e.message}`);
+      }
+    }
+  }
+
+  private onFault(f: Fault): void {
+    this.faultCount++;
+    this.metrics.faults.inc({ kind: f.kind });
+    this.log.warn({ fault: f }, 'fault');
+    if (f.pipeline && f.kind === 'sensor-silence') {
+      const p = this.pipelines.find((x) => x.cfg.name === f.pipeline);
+      // A window must never span a silence; a recurrent state must not carry across one.
+      p?.windower.reset();
+      if (p?.runner.stateful && (p.cfg.model.stateReset?.onFault ?? true)) p.runner.resetState();
+    }
+    this.emit('fault', f);
+    void this.safeState.fault(f);
+  }
+
+  /** Health for /healthz. */
+  health(): Health {
+    const h = this.safeState.health();
+    const status: Health['status'] = this.status === 'ok' ? h.status : this.status;
+    return { ...h, status, device: this.config.device.name, version: KEEL_VERSION };
+  }
+
+  /** Numbers for the live view. */
+  snapshot(): RuntimeSnapshot {
+    return {
+      uptimeMs: this.deps.clock.monotonic() - this.startedAt,
+      status: this.health().status,
+      sources: [...this.sources].map(([name, s]) => ({ name, ...s.stats() })),
+      pipelines: this.pipelines.map((p) => ({
+        name: p.cfg.name,
+        inferences: p.inferences,
+        windowsDropped: 0,
+        p50Ms: p.latency.percentile(50),
+        p99Ms: p.latency.percentile(99),
+        decisions: p.decisions,
+        active: Object.entries(p.rules.states())
+          .filter(([, v]) => v)
+          .map(([k]) => k),
+      })),
+      faults: this.faultCount,
+      activeFaults: this.safeState.health().activeFaults?.map((f: Fault) => f.kind) ?? [],
+    };
+  }
+
+  private async metricsText(): Promise<string> {
+    return this.metrics.text();
+  }
+}
+
+function zeroFrame(p: PipelineConfig): Frame {
+  const channels = p.window.channels.length;
+  return { channels, length: p.window.size, data: new Float32Array(channels * p.window.size) };
+}
+
+/** Scalar model outputs for templates: `score` is element 0 of output `score`, `score_1` element 1... */
+function flatOutputs(outputs: ModelOutputs): Record<string, number> {
+  const o: Record<string, number> = {};
+  for (const [k, v] of Object.entries(outputs)) {
+    if (v.length > 16) continue;
+    o[k] = v[0];
+    for (let i = 1; i < v.length; i++) o[`${k}_${i}`] = v[i];
+  }
+  return o;
+}
