@@ -98,9 +98,12 @@ function usageError(msg: string, cmd: string): KeelError & { cmd: string } {
   return Object.assign(new KeelError('KEEL_E_USAGE', msg), { cmd });
 }
 
-function parse(cmd: string, args: string[], options: ParseArgsConfig['options']) {
+type Flags = Record<string, string | boolean | undefined>;
+
+function parse(cmd: string, args: string[], options: ParseArgsConfig['options']): { values: Flags; positionals: string[] } {
   try {
-    return parseArgs({ args, options: { help: { type: 'boolean', short: 'h' }, ...options }, allowPositionals: true, strict: true });
+    const r = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' }, ...options }, allowPositionals: true, strict: true });
+    return { values: r.values as Flags, positionals: r.positionals };
   } catch (err) {
     throw usageError(asError(err).message, cmd);
   }

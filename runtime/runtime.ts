@@ -35,6 +35,10 @@ export interface RuntimeDeps extends DriverDeps {
   baseDir: string;
   /** Skip the HTTP endpoint even if the config enables it (tests, benchmarks). */
   noHttp?: boolean;
+  /** Sources to use instead of building the configured ones of the same name (harnesses). */
+  sources?: Record<string, SensorSource>;
+  /** Actuators to use instead of building the configured ones of the same name (harnesses). */
+  actuators?: Record<string, Actuator>;
 }
 
 /** One inference, as the runtime reports it. */
@@ -146,8 +150,8 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
    */
   static async create(config: KeelConfig, deps: RuntimeDeps): Promise<Runtime> {
     const rt = new Runtime(config, deps);
-    for (const a of config.actuators) rt.actuators.set(a.name, createActuator(a, deps));
-    for (const s of config.sources) rt.sources.set(s.name, createSource(s, deps));
+    for (const a of config.actuators) rt.actuators.set(a.name, deps.actuators?.[a.name] ?? createActuator(a, deps));
+    for (const s of config.sources) rt.sources.set(s.name, deps.sources?.[s.name] ?? createSource(s, deps));
     const issues: ConfigIssue[] = [];
     const loaded = await Promise.allSettled(config.pipelines.map((p, i) => ModelRunner.load(p.model, deps.baseDir, `pipelines[${i}].model`)));
     loaded.forEach((r) => {
@@ -388,6 +392,11 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     }
     this.emit('fault', f);
     void this.safeState.fault(f);
+  }
+
+  /** Resolves when no pipeline has an inference running or pending. */
+  async settled(): Promise<void> {
+    while (this.pipelines.some((p) => p.busy)) await Promise.all(this.pipelines.map((p) => p.idle));
   }
 
   /** Health for /healthz. */

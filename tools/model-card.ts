@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parse, stringify } from 'yaml';
+import { Document, isScalar, parse, visit } from 'yaml';
 import type { PipelineSpec } from './features.ts';
 
 /** A model input or output as the card states it. */
@@ -40,7 +40,7 @@ export interface CardFacts {
   sourceRateHz: number;
   pipeline: PipelineSpec;
   parameters: number;
-  training: { script: string; seed: number; heldOutSeed: number; trainSize: number; validationSize: number; heldOutSize: number; seconds?: number };
+  training: { script: string; seed: number; heldOutSeed: number; trainSize: number; validationSize: number; heldOutSize: number };
   /** Held-out metrics; the model tests re-measure these on freshly generated data. */
   metrics: Record<string, number>;
 }
@@ -77,7 +77,7 @@ function tensorTable(ts: CardTensor[]): string {
 /** Renders a card to Markdown. */
 export function renderCard(card: ModelCard): string {
   const f = card.facts;
-  const front = stringify(f, { lineWidth: 0 }).trimEnd();
+  const front = compactYaml(f);
   return `---
 ${front}
 ---
@@ -210,7 +210,8 @@ or one at a time with \`npx tsx tools/train-<name>.ts\`. Example configs using t
 /** The pipeline section of a keel config for this model (YAML), as cards and examples show it. */
 export function configSnippet(f: CardFacts, modelPath = `models/${f.file}`): string {
   const inputs: Record<string, { shape: number[]; dtype: string }> = {};
-  for (const t of f.inputs) inputs[t.name] = { shape: t.shape, dtype: t.dtype };
+  // State inputs are described in model.state only (the loader rejects them in inputs).
+  for (const t of f.inputs) if (!(f.state ?? []).some((s) => s.input === t.name)) inputs[t.name] = { shape: t.shape, dtype: t.dtype };
   const model: Record<string, unknown> = {
     path: modelPath,
     sha256: f.sha256,
@@ -219,5 +220,18 @@ export function configSnippet(f: CardFacts, modelPath = `models/${f.file}`): str
     outputs: f.outputs.filter((o) => !(f.state ?? []).some((s) => s.output === o.name)).map((o) => o.name),
   };
   if (f.state) model.state = f.state.map((s) => ({ input: s.input, output: s.output, shape: s.shape, dtype: 'float32', initial: s.initial }));
-  return stringify({ window: f.pipeline.window, transforms: f.pipeline.transforms, model }, { lineWidth: 0, flowCollectionPadding: false }).trimEnd();
+  // A recurrent state summarizes recent history; after a gap in the stream it is stale.
+  if (f.state) model.stateReset = { afterGapMs: 1000, onFault: true };
+  return compactYaml({ window: f.pipeline.window, transforms: f.pipeline.transforms, model });
+}
+
+/** YAML with lists of scalars (shapes, channel names) on one line, the rest in block style. */
+export function compactYaml(value: unknown): string {
+  const doc = new Document(value);
+  visit(doc, {
+    Seq(_, node) {
+      if (node.items.every((i) => isScalar(i))) node.flow = true;
+    },
+  });
+  return doc.toString({ lineWidth: 0, flowCollectionPadding: false }).trimEnd();
 }

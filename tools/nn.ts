@@ -304,8 +304,8 @@ export class ElmanRnn {
     return this;
   }
 
-  /** One step: returns the new state and the head's output. */
-  step(x: ArrayLike<number>, h: ArrayLike<number>): { h: Float64Array; y: Float64Array; u: Float64Array } {
+  /** The cell alone: u = [x; h] and the new state. */
+  cellStep(x: ArrayLike<number>, h: ArrayLike<number>): { h: Float64Array; u: Float64Array } {
     if (x.length !== this.inDim) throw new RangeError(`ElmanRnn: input has ${x.length} values, expected ${this.inDim}`);
     if (h.length !== this.hidden) throw new RangeError(`ElmanRnn: state has ${h.length} values, expected ${this.hidden}`);
     const u = new Float64Array(this.inDim + this.hidden);
@@ -313,7 +313,13 @@ export class ElmanRnn {
     u.set(h, this.inDim);
     const hn = this.cell.forward(u, new Float64Array(this.hidden));
     activate('tanh', hn);
-    return { h: hn, y: this.head.forward(hn), u };
+    return { h: hn, u };
+  }
+
+  /** One step: returns the new state and the head's output. */
+  step(x: ArrayLike<number>, h: ArrayLike<number>): { h: Float64Array; y: Float64Array } {
+    const s = this.cellStep(x, h);
+    return { h: s.h, y: this.head.forward(s.h) };
   }
 
   /**
@@ -326,9 +332,9 @@ export class ElmanRnn {
     const us: Float64Array[] = [];
     const hs: Float64Array[] = [];
     const traces: MlpTrace[] = [];
-    let h = Float64Array.from(h0);
+    let h: ArrayLike<number> = h0;
     for (let t = 0; t < T; t++) {
-      const s = this.step(xs[t], h);
+      const s = this.cellStep(xs[t], h);
       us.push(s.u);
       hs.push(s.h);
       traces.push(this.head.trace(s.h));
@@ -345,7 +351,7 @@ export class ElmanRnn {
       this.cell.backward(us[t], dh, du);
       dhNext = du.slice(this.inDim);
     }
-    return h;
+    return Float64Array.from(h);
   }
 
   /** All parameters. */

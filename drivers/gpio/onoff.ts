@@ -85,7 +85,7 @@ export class OnoffGpioBackend implements GpioBackend {
   async openInput(line: GpioLineConfig, opts: GpioInputOptions): Promise<GpioInputLine> {
     checkLineConfig(line);
     const edge = checkEdge(opts?.edge, 'opts.edge');
-    const { resolved, Gpio, release } = await this.prepare(line);
+    const { resolved, Gpio, release } = await this.prepare(line, 'an input');
     let gpio: OnoffGpio;
     try {
       gpio = new Gpio(resolved.gpio, 'in', edge, { activeLow: Boolean(opts.activeLow) });
@@ -141,7 +141,7 @@ export class OnoffGpioBackend implements GpioBackend {
     checkLineConfig(line);
     const initial = checkLevel(opts?.initial, 'opts.initial');
     const activeLow = Boolean(opts.activeLow);
-    const { resolved, Gpio, release } = await this.prepare(line);
+    const { resolved, Gpio, release } = await this.prepare(line, 'an output');
     // sysfs `direction` = high/low sets the raw (physical) level atomically with the
     // direction, ignoring active_low; so the physical level of logical `initial` is asked for.
     const physical = initial ^ (activeLow ? 1 : 0);
@@ -183,7 +183,7 @@ export class OnoffGpioBackend implements GpioBackend {
   }
 
   /** Resolves and claims the line, and checks that sysfs can be written; returns the Gpio class. */
-  private async prepare(line: GpioLineConfig): Promise<{ resolved: ResolvedSysfsLine; Gpio: OnoffGpioClass; release: () => void }> {
+  private async prepare(line: GpioLineConfig, as: string): Promise<{ resolved: ResolvedSysfsLine; Gpio: OnoffGpioClass; release: () => void }> {
     const resolved = await resolveSysfsLine(line, { sysfsRoot: this.root, lineNames: this.lineNames });
     if (!this.injected && this.root !== DEFAULT_SYSFS_ROOT) {
       throw new GpioError(
@@ -201,10 +201,10 @@ export class OnoffGpioBackend implements GpioBackend {
     if (holder !== undefined) {
       throw new GpioError(
         'busy',
-        `GPIO ${describeResolved(resolved)} is already opened by this process (as ${holder}); one line serves one source or actuator`,
+        `GPIO ${describeResolved(resolved)} is already opened by this process (${holder}); one line serves one source or actuator`,
       );
     }
-    claimedLines.set(key, describeLine(line));
+    claimedLines.set(key, `as ${as}, named ${describeLine(line)}`);
     let released = false;
     const release = () => {
       if (released) return;

@@ -23,10 +23,10 @@
 import { Duplex } from 'node:stream';
 import { statSync } from 'node:fs';
 import { SerialPort, SerialPortMock } from 'serialport';
+import { DriverError, asError, type ConfigIssue } from '../../runtime/errors.ts';
 
 // Both are `SerialPortStream`s (from @serialport/stream, which keel does not import directly).
 type PortStream = SerialPort | SerialPortMock;
-import { DriverError, asError, type ConfigIssue } from '../../runtime/errors.ts';
 
 /** Parity settings of a serial line. */
 export type SerialParity = 'none' | 'even' | 'odd' | 'mark' | 'space';

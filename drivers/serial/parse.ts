@@ -218,10 +218,8 @@ abstract class LineParser implements RecordParser {
   }
 
   reset(): void {
-    if (this.pending !== null || this.skipping) {
-      // An overlong line was already counted when skipping began.
-      if (this.pending !== null) this.counters.dropped++;
-    }
+    // An overlong line being skipped was already counted when skipping began.
+    if (this.pending !== null) this.counters.dropped++;
     this.pending = null;
     this.skipping = false;
   }
@@ -446,22 +444,50 @@ export interface BinaryLayout {
   fields: BinaryField[];
 }
 
-type FieldReader = (buf: Buffer, at: number) => number;
-
-const READERS: Record<BinaryFieldType, FieldReader> = {
-  int8: (b, o) => b.readInt8(o),
-  uint8: (b, o) => b[o],
-  int16le: (b, o) => b.readInt16LE(o),
-  int16be: (b, o) => b.readInt16BE(o),
-  uint16le: (b, o) => b.readUInt16LE(o),
-  uint16be: (b, o) => b.readUInt16BE(o),
-  int32le: (b, o) => b.readInt32LE(o),
-  int32be: (b, o) => b.readInt32BE(o),
-  uint32le: (b, o) => b.readUInt32LE(o),
-  uint32be: (b, o) => b.readUInt32BE(o),
-  float32le: (b, o) => b.readFloatLE(o),
-  float32be: (b, o) => b.readFloatBE(o),
+// Field types as small integers, so the per-record loop is one monomorphic switch.
+const TYPE_CODES: Record<BinaryFieldType, number> = {
+  int8: 0,
+  uint8: 1,
+  int16le: 2,
+  int16be: 3,
+  uint16le: 4,
+  uint16be: 5,
+  int32le: 6,
+  int32be: 7,
+  uint32le: 8,
+  uint32be: 9,
+  float32le: 10,
+  float32be: 11,
 };
+
+function readField(v: DataView, code: number, at: number): number {
+  switch (code) {
+    case 0:
+      return v.getInt8(at);
+    case 1:
+      return v.getUint8(at);
+    case 2:
+      return v.getInt16(at, true);
+    case 3:
+      return v.getInt16(at, false);
+    case 4:
+      return v.getUint16(at, true);
+    case 5:
+      return v.getUint16(at, false);
+    case 6:
+      return v.getInt32(at, true);
+    case 7:
+      return v.getInt32(at, false);
+    case 8:
+      return v.getUint32(at, true);
+    case 9:
+      return v.getUint32(at, false);
+    case 10:
+      return v.getFloat32(at, true);
+    default:
+      return v.getFloat32(at, false);
+  }
+}
 
 /**
  * Fixed-size binary records. With `sync`, each record must start with the sync bytes; when
@@ -477,7 +503,7 @@ export class BinaryRecordParser implements RecordParser {
   private readonly names: string[];
   private readonly offsets: number[];
   private readonly scales: number[];
-  private readonly readers: FieldReader[];
+  private readonly codes: number[];
   // Unfinished record (or a possible partial sync pattern), copied out of its chunk.
   private pending: Buffer | null = null;
   // True while inside a run of skipped noise, so that one run counts as one drop.
@@ -491,7 +517,7 @@ export class BinaryRecordParser implements RecordParser {
     this.names = layout.fields.map((f) => f.name);
     this.offsets = layout.fields.map((f) => f.offset);
     this.scales = layout.fields.map((f) => f.scale ?? 1);
-    this.readers = layout.fields.map((f) => READERS[f.type as BinaryFieldType]);
+    this.codes = layout.fields.map((f) => TYPE_CODES[f.type as BinaryFieldType]);
   }
 
   get buffered(): number {
@@ -505,7 +531,8 @@ export class BinaryRecordParser implements RecordParser {
       buf = Buffer.concat([this.pending, chunk]);
       this.pending = null;
     }
-    const end = this.sync === null ? this.feedPlain(buf, sink) : this.feedSynced(buf, this.sync, sink);
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.length);
+    const end = this.sync === null ? this.feedPlain(buf, view, sink) : this.feedSynced(buf, view, this.sync, sink);
     if (end < buf.length) this.pending = Buffer.from(buf.subarray(end));
   }
 
@@ -516,14 +543,14 @@ export class BinaryRecordParser implements RecordParser {
   }
 
   // Returns the index of the first byte not consumed.
-  private feedPlain(buf: Buffer, sink: RecordSink): number {
+  private feedPlain(buf: Buffer, view: DataView, sink: RecordSink): number {
     const size = this.size;
     let p = 0;
-    for (; p + size <= buf.length; p += size) this.emit(buf, p, sink);
+    for (; p + size <= buf.length; p += size) this.emit(view, p, sink);
     return p;
   }
 
-  private feedSynced(buf: Buffer, sync: Buffer, sink: RecordSink): number {
+  private feedSynced(buf: Buffer, view: DataView, sync: Buffer, sink: RecordSink): number {
     const size = this.size;
     const slen = sync.length;
     const len = buf.length;
@@ -532,7 +559,7 @@ export class BinaryRecordParser implements RecordParser {
       if (startsWith(buf, p, sync, len)) {
         if (p + size > len) return p; // the rest of this record is still on the wire
         this.inNoise = false;
-        this.emit(buf, p, sink);
+        this.emit(view, p, sink);
         p += size;
         continue;
       }
@@ -555,16 +582,17 @@ export class BinaryRecordParser implements RecordParser {
     return p;
   }
 
-  private emit(buf: Buffer, at: number, sink: RecordSink): void {
+  private emit(view: DataView, at: number, sink: RecordSink): void {
     const out: RecordValues = {};
-    const n = this.names.length;
+    const { names, offsets, scales, codes } = this;
+    const n = names.length;
     for (let k = 0; k < n; k++) {
-      const v = this.readers[k](buf, at + this.offsets[k]) * this.scales[k];
+      const v = readField(view, codes[k], at + offsets[k]) * scales[k];
       if (!Number.isFinite(v)) {
         this.counters.dropped++;
         return;
       }
-      out[this.names[k]] = v;
+      out[names[k]] = v;
     }
     this.counters.records++;
     sink(out);

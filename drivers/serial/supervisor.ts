@@ -104,6 +104,9 @@ export class SupervisedPort {
   private openedAt = 0; // clock.monotonic() when the current connection opened
   private healthy = false; // the current connection delivered data or completed a write
   private counters = { reconnects: 0, failedOpens: 0 };
+  // Rejecters of writes not yet confirmed. A device that never completes a write (flow
+  // control held off) must not leave callers waiting forever once the port is gone.
+  private readonly unconfirmed = new Set<(err: DriverError) => void>();
 
   constructor(opts: SupervisedPortOptions) {
     if (opts === null || typeof opts !== 'object') throw new TypeError('opts must be an object');
@@ -150,6 +153,7 @@ export class SupervisedPort {
     if (this.inflight) await this.inflight;
     const conn = this.conn;
     this.conn = null;
+    this.abandonWrites('was closed');
     if (conn) await conn.close();
   }
 
@@ -176,7 +180,9 @@ export class SupervisedPort {
       );
     }
     return new Promise<void>((resolve, reject) => {
+      this.unconfirmed.add(reject);
       conn.write(data, (err) => {
+        this.unconfirmed.delete(reject);
         if (!err) {
           this.markHealthy();
           resolve();
@@ -187,6 +193,15 @@ export class SupervisedPort {
         }
       });
     });
+  }
+
+  // Fails every write still waiting for the port to confirm it.
+  private abandonWrites(why: string): void {
+    if (this.unconfirmed.size === 0) return;
+    const err = new DriverError('KEEL_E_SERIAL_IO', `serial port ${this.path} (${this.opts.name}) ${why} before the write completed`, { retryable: true });
+    const rejecters = [...this.unconfirmed];
+    this.unconfirmed.clear();
+    for (const r of rejecters) r(err);
   }
 
   private tryOpen(): Promise<void> {
@@ -232,6 +247,8 @@ export class SupervisedPort {
     conn.on('error', (err: Error) => this.lost(conn, err));
     conn.on('close', () => this.lost(conn, null));
     this.call(() => this.opts.hooks?.connected?.(reopened));
+    // It may have died between opening and now; its 'close' has then already been emitted.
+    if (conn.destroyed) this.lost(conn, null);
   }
 
   private lost(conn: SerialConnection, err: Error | null): void {
@@ -239,6 +256,7 @@ export class SupervisedPort {
     this.conn = null;
     // A connection that lived at least maxMs counts as healthy: start the backoff over.
     if (this.opts.clock.monotonic() - this.openedAt >= this.policy.maxMs) this.attempt = 0;
+    this.abandonWrites('went down');
     void conn.close();
     const e =
       err instanceof DriverError

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parseDocument, YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
+import { serialActuatorIssues, serialSourceIssues } from '../../drivers/serial/index.ts';
 import { isFftSize } from '../pipeline/transforms.ts';
 import { ConfigSchema, type KeelConfig, type SourceConfig } from './schema.ts';
 
@@ -191,23 +192,7 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
   const dupSources = duplicates(c.sources.map((s) => s.name));
   c.sources.forEach((s, i) => {
     if (dupSources.has(s.name)) add(`sources[${i}].name`, `duplicate source name "${s.name}"`);
-    if (s.type === 'serial' && s.format.type === 'csv') {
-      duplicates(s.format.columns).forEach((d) => add(`sources[${i}].format.columns`, `duplicate column "${d}"`));
-    }
-    if (s.type === 'serial' && s.format.type === 'binary') {
-      const f = s.format;
-      const syncLen = f.sync ? f.sync.length / 2 : 0;
-      if (syncLen >= f.recordSize) add(`sources[${i}].format.sync`, `sync (${syncLen} bytes) must be shorter than recordSize (${f.recordSize})`);
-      f.fields.forEach((field, j) => {
-        const size = /8$/.test(field.type) ? 1 : /16/.test(field.type) ? 2 : 4;
-        if (field.offset + size > f.recordSize) add(`sources[${i}].format.fields[${j}].offset`, `field of ${size} bytes at offset ${field.offset} overruns recordSize ${f.recordSize}`);
-        if (field.offset < syncLen) add(`sources[${i}].format.fields[${j}].offset`, `overlaps the ${syncLen} sync bytes`);
-      });
-      duplicates(f.fields.map((x) => x.name)).forEach((d) => add(`sources[${i}].format.fields`, `duplicate field "${d}"`));
-    }
-    if (s.type === 'serial' && s.reconnect && s.reconnect.maxMs < s.reconnect.initialMs) {
-      add(`sources[${i}].reconnect.maxMs`, 'must be at least initialMs');
-    }
+    if (s.type === 'serial') for (const x of serialSourceIssues(s)) add(join(`sources[${i}]`, x.path), x.message);
     if (s.type === 'gpio') checkLine(s.line, `sources[${i}].line`, add);
   });
 
@@ -215,6 +200,7 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
   c.actuators.forEach((a, i) => {
     if (dupAct.has(a.name)) add(`actuators[${i}].name`, `duplicate actuator name "${a.name}"`);
     if (a.type === 'gpio') checkLine(a.line, `actuators[${i}].line`, add);
+    if (a.type === 'serial') for (const x of serialActuatorIssues(a)) add(join(`actuators[${i}]`, x.path), x.message);
   });
   // Two outputs, or an output and an input, on one GPIO line cannot both work.
   const lines = new Map<string, string>();

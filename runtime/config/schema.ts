@@ -30,8 +30,9 @@ const SerialLink = {
   path: Type.String({ minLength: 1, description: 'device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...' }),
   baudRate: Type.Integer({ minimum: 50, maximum: 4_000_000, default: 115200 }),
   dataBits: Type.Union([Type.Literal(5), Type.Literal(6), Type.Literal(7), Type.Literal(8)], { default: 8 }),
-  parity: Type.Union(['none', 'even', 'odd', 'mark', 'space'].map((p) => Type.Literal(p)), { default: 'none' }),
-  stopBits: Type.Union([Type.Literal(1), Type.Literal(1.5), Type.Literal(2)], { default: 1 }),
+  // mark/space parity and 1.5 stop bits exist on some UARTs, but serialport's Linux binding rejects them.
+  parity: Type.Union(['none', 'even', 'odd'].map((p) => Type.Literal(p)), { default: 'none' }),
+  stopBits: Type.Union([Type.Literal(1), Type.Literal(2)], { default: 1 }),
   rtscts: Type.Boolean({ default: false, description: 'hardware flow control' }),
 };
 

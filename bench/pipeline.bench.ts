@@ -1,0 +1,212 @@
+/**
+ * Pipeline benchmarks, each against the raw limit measured in the same run:
+ * - throughput: windows/s through the whole pipeline (windowing, transforms, inference,
+ *   rules, actions) vs a raw `session.run` loop on the same model and the same input values;
+ * - sensor-to-action latency p50/p99: from pushing the sample that completes a window to the
+ *   actuator write it causes, vs the raw `session.run` latency p50/p99;
+ * - resident memory of a keel process with the model loaded and running vs a bare
+ *   onnxruntime session in the same kind of process.
+ * Every shipped model is measured, plus a third-party model (Silero VAD) when installed.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { pino } from 'pino';
+import { PushSource } from '../drivers/push.ts';
+import { SimGpioBackend } from '../drivers/gpio/index.ts';
+import { MockSerialOpener } from '../drivers/serial/index.ts';
+import type { ActionContext, Actuator, ActuatorValue } from '../drivers/types.ts';
+import { SystemClock } from '../runtime/clock.ts';
+import { loadConfigFile } from '../runtime/config/load.ts';
+import type { KeelConfig, PipelineConfig } from '../runtime/config/schema.ts';
+import { Runtime } from '../runtime/runtime.ts';
+import { windowToInput } from '../runtime/pipeline/window.ts';
+import { percentile, result, type BenchOptions, type BenchResult } from './lib.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** The configs measured: one per shipped model, plus the third-party one if present. */
+export const BENCH_CONFIGS = ['examples/vibration.yaml', 'examples/obstacle.yaml', 'examples/motor-stall.yaml', 'examples/silero-vad.yaml'];
+
+/** An actuator that records when it was written (performance.now(), ms). */
+class StopwatchActuator implements Actuator {
+  readonly name: string;
+  writes: number[] = [];
+  private value: ActuatorValue | undefined;
+  constructor(name: string) {
+    this.name = name;
+  }
+  async open(): Promise<void> {}
+  async write(value: ActuatorValue, _ctx?: ActionContext): Promise<void> {
+    this.writes.push(performance.now());
+    this.value = value;
+  }
+  async safe(): Promise<void> {}
+  current(): ActuatorValue | undefined {
+    return this.value;
+  }
+  async close(): Promise<void> {}
+}
+
+interface Harness {
+  rt: Runtime;
+  push: PushSource;
+  p: PipelineConfig;
+  stopwatch: StopwatchActuator;
+  hop: number;
+}
+
+/** Builds a runtime on the config with a push source, and a rule that acts on every window. */
+async function harness(file: string): Promise<Harness> {
+  const { config, dir } = loadConfigFile(path.join(ROOT, file));
+  const p = config.pipelines[0];
+  const clock = new SystemClock();
+  const push = new PushSource(p.source, { clock });
+  const stopwatch = new StopwatchActuator('bench_stopwatch');
+  const cfg: KeelConfig = structuredClone(config);
+  cfg.pipelines = [cfg.pipelines[0]];
+  cfg.sources = cfg.sources.filter((s) => s.name === p.source);
+  cfg.actuators.push({ name: 'bench_stopwatch', type: 'gpio', line: { chip: 'sim', offset: 63 }, activeLow: false, initial: 0, safe: 0 });
+  // Toggles with the sign of the last sample of each window, so every window causes an action.
+  cfg.pipelines[0].rules.push({
+    name: 'bench_toggle',
+    when: { sensor: `${p.source}.${p.window.channels[0]}`, above: 0, index: 0, hysteresis: 0 },
+    cooldownMs: 0,
+    onEnter: [{ actuator: 'bench_stopwatch', value: 1 }],
+    onExit: [{ actuator: 'bench_stopwatch', value: 0 }],
+  });
+  cfg.safety.silenceMs = 86_400_000;
+  cfg.safety.overrunMs = 86_400_000;
+  const rt = await Runtime.create(cfg, {
+    clock,
+    logger: pino({ level: 'silent' }),
+    baseDir: dir,
+    serial: new MockSerialOpener(),
+    gpio: new SimGpioBackend({ clock }),
+    sources: { [p.source]: push },
+    actuators: { bench_stopwatch: stopwatch },
+    noHttp: true,
+  });
+  await rt.start();
+  return { rt, push, p: cfg.pipelines[0], stopwatch, hop: p.window.hop ?? p.window.size };
+}
+
+/** A raw session on the same model file, options and inputs, outside keel. */
+async function rawSession(file: string) {
+  const { config, dir } = loadConfigFile(path.join(ROOT, file));
+  const p = config.pipelines[0];
+  const m = p.model;
+  const session = await ort.InferenceSession.create(path.resolve(dir, m.path), {
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: m.threads?.intraOp ?? 1,
+    interOpNumThreads: m.threads?.interOp ?? 1,
+    executionMode: 'sequential',
+    executionProviders: m.executionProviders,
+  });
+  const channels = p.window.channels.length;
+  const frame = { channels, length: p.window.size, data: Float32Array.from({ length: channels * p.window.size }, () => Math.random() - 0.5) };
+  const input = windowToInput(frame, p);
+  const dims = m.inputs[m.input].shape;
+  const fixed = dims.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
+  const feeds: Record<string, ort.Tensor> = { [m.input]: new ort.Tensor('float32', input, dims.map((d) => (d === -1 ? input.length / fixed : d))) };
+  for (const [name, spec] of Object.entries(m.inputs)) {
+    if (name === m.input || spec.value === undefined) continue;
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    const vals = Array.isArray(spec.value) ? spec.value : new Array<number>(n).fill(spec.value);
+    feeds[name] = spec.dtype === 'int64' ? new ort.Tensor('int64', BigInt64Array.from(vals, (v) => BigInt(v)), spec.shape) : new ort.Tensor('float32', Float32Array.from(vals), spec.shape);
+  }
+  for (const s of m.state ?? []) feeds[s.input] = new ort.Tensor('float32', new Float32Array(s.shape.reduce((a, b) => a * b, 1)), s.shape);
+  return { session, feeds, outputs: session.outputNames };
+}
+
+function channelsOf(p: PipelineConfig): string[] {
+  return p.window.channels;
+}
+
+/** Pushes `hop` samples; the last one carries `sign` on the first channel. Returns push time of the last. */
+function pushWindow(h: Harness, sign: number): number {
+  const chans = channelsOf(h.p);
+  for (let i = 0; i < h.hop - 1; i++) {
+    const v: Record<string, number> = {};
+    for (const c of chans) v[c] = Math.random() - 0.5;
+    h.push.push(v);
+  }
+  const v: Record<string, number> = {};
+  for (const c of chans) v[c] = Math.random() - 0.5;
+  v[chans[0]] = sign * (0.5 + Math.random());
+  const t = performance.now();
+  h.push.push(v);
+  return t;
+}
+
+async function measure(file: string, quick: boolean): Promise<BenchResult[]> {
+  const name = path.basename(file, '.yaml');
+  const h = await harness(file);
+  const raw = await rawSession(file);
+  const windows = quick ? 300 : 2000;
+  const rounds = quick ? 3 : 7;
+  // Fill the first window and warm both paths.
+  for (let i = 0; i < Math.ceil(h.p.window.size / h.hop) + 20; i++) {
+    pushWindow(h, i % 2 ? 1 : -1);
+    await h.rt.settled();
+  }
+  for (let i = 0; i < 50; i++) await raw.session.run(raw.feeds, raw.outputs);
+
+  const rawTimes: number[] = [];
+  const pipeTimes: number[] = [];
+  const rawLat: number[] = [];
+  const pipeLat: number[] = [];
+  let sign = 1;
+  for (let r = 0; r < rounds; r++) {
+    let t0 = performance.now();
+    for (let i = 0; i < windows; i++) {
+      const s = performance.now();
+      await raw.session.run(raw.feeds, raw.outputs);
+      rawLat.push(performance.now() - s);
+    }
+    rawTimes.push(performance.now() - t0);
+    t0 = performance.now();
+    for (let i = 0; i < windows; i++) {
+      sign = -sign;
+      const before = h.stopwatch.writes.length;
+      const pushed = pushWindow(h, sign);
+      await h.rt.settled();
+      if (h.stopwatch.writes.length > before) pipeLat.push(h.stopwatch.writes[h.stopwatch.writes.length - 1] - pushed);
+    }
+    pipeTimes.push(performance.now() - t0);
+  }
+  await h.rt.stop('bench done');
+  await raw.session.release();
+  const rawRate = windows / (percentile(rawTimes, 50) / 1000);
+  const pipeRate = windows / (percentile(pipeTimes, 50) / 1000);
+  const out = [result(`pipeline throughput ${name}`, pipeRate, 'windows/s', rawRate)];
+  if (pipeLat.length > 0) {
+    out.push(result(`sensor-to-action p50 ${name}`, percentile(pipeLat, 50), 'ms', percentile(rawLat, 50)));
+    out.push(result(`sensor-to-action p99 ${name}`, percentile(pipeLat, 99), 'ms', percentile(rawLat, 99)));
+  }
+  out.push(...memory(file, quick));
+  return out;
+}
+
+/** Resident memory of a keel runtime on `file` vs a bare session of the same model, in child processes. */
+function memory(file: string, quick: boolean): BenchResult[] {
+  const child = path.join(ROOT, 'bench', 'memory-child.ts');
+  const run = (mode: string) => {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', child, mode, path.join(ROOT, file), quick ? '1' : '3'], { cwd: ROOT, encoding: 'utf8' });
+    return JSON.parse(out.trim().split('\n').pop()!) as { rssMb: number };
+  };
+  const bare = run('bare');
+  const keel = run('keel');
+  return [result(`resident memory ${path.basename(file, '.yaml')}`, keel.rssMb, 'MB', bare.rssMb)];
+}
+
+export default async function (opts: BenchOptions): Promise<BenchResult[]> {
+  const all: BenchResult[] = [];
+  for (const f of BENCH_CONFIGS) {
+    if (!existsSync(path.join(ROOT, f))) continue;
+    all.push(...(await measure(f, opts.quick)));
+  }
+  return all;
+}
