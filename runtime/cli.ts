@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SystemClock } from './clock.ts';
 import { loadConfigFile, type LoadedConfig } from './config/load.ts';
-import { jsonSchema } from './config/schema.ts';
+import { publishedSchema } from './config/schema.ts';
 import { ConfigError, KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
 import { ModelRunner } from './inference.ts';
 import { createLogger } from './ops/log.ts';
@@ -259,7 +259,7 @@ function cmdSchema(args: string[], io: Io): number {
   const { values, positionals } = parse('schema', args, { out: { type: 'string', short: 'o' } });
   if (values.help) return io.out(HELP.schema), EXIT.ok;
   if (positionals.length) throw usageError('schema takes no positional arguments', 'schema');
-  const text = JSON.stringify(jsonSchema(), null, 2) + '\n';
+  const text = JSON.stringify(publishedSchema(), null, 2) + '\n';
   if (values.out) writeFileSync(values.out as string, text);
   else io.out(text.trimEnd());
   return EXIT.ok;

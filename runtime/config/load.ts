@@ -11,10 +11,10 @@ import { parseDocument, YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { serialActuatorIssues, serialSourceIssues } from '../../drivers/serial/index.ts';
 import { isFftSize } from '../pipeline/transforms.ts';
-import { ConfigSchema, type KeelConfig, type SourceConfig } from './schema.ts';
+import { publishedSchema, type KeelConfig, type SourceConfig } from './schema.ts';
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, discriminator: true, strict: false, coerceTypes: false, verbose: true });
-const validateSchema = ajv.compile<KeelConfig>(ConfigSchema);
+const validateSchema = ajv.compile<KeelConfig>(publishedSchema());
 
 /** A loaded configuration and where it came from (relative paths resolve against `dir`). */
 export interface LoadedConfig {
@@ -125,6 +125,18 @@ function schemaIssues(errors: ErrorObject[]): ConfigIssue[] {
         issue = { path: at, message: allowed ? `expected one of ${allowed}` : 'does not match any allowed form' };
         break;
       }
+      case 'minimum':
+      case 'maximum':
+      case 'exclusiveMinimum':
+      case 'exclusiveMaximum':
+        issue = { path: at, message: `expected a number ${e.params.comparison} ${e.params.limit}, got ${JSON.stringify(e.data)}` };
+        break;
+      case 'minLength':
+        issue = { path: at, message: e.params.limit === 1 ? 'must not be empty' : `expected at least ${e.params.limit} characters` };
+        break;
+      case 'maxLength':
+        issue = { path: at, message: `expected at most ${e.params.limit} characters` };
+        break;
       case 'minItems':
         issue = { path: at, message: `expected at least ${e.params.limit} item${e.params.limit === 1 ? '' : 's'}` };
         break;

@@ -282,9 +282,12 @@ export class PolicyHost extends EventEmitter<PolicyHostEvents> {
     }
   }
 
-  /** Resolves when a worker is ready for calls (after start or a restart). */
+  /**
+   * Resolves when a worker is ready for calls (after start or a restart); at once when the
+   * host is not running (the next call then rejects with `stopped`).
+   */
   whenReady(): Promise<void> {
-    if (this.state === 'ready' || this.state === 'busy') return Promise.resolve();
+    if (this.state === 'ready' || this.state === 'busy' || this.state === 'idle' || this.state === 'stopped') return Promise.resolve();
     return new Promise((resolve) => this.readyWaiters.push(resolve));
   }
 

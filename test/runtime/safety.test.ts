@@ -415,3 +415,34 @@ test('SafeState rejects bad options, naming them', () => {
   assert.throws(() => new SafeState({ ...base, actuators: {} as never }), /options\.actuators/);
   assert.throws(() => new SafeState({ ...base, watchdog: undefined as never }), /options\.watchdog/);
 });
+
+test('never leaves the safe state mid-drive: clear() is refused and auto recovery waits for the drive', async () => {
+  const r = rig({ actuators: ['m'], safeState: [], healthyForMs: 100, recovery: 'auto' });
+  r.acts.get('m')!.mode = { safe: 'hang' };
+  r.watchdog.report('policy-failure', 'x'); // one-shot: the watchdog stays healthy
+  assert.deepEqual(r.safe.clear(), { recovered: false, reason: 'the safe state is still being driven' });
+  r.clock.advance(100); // the healthy window ends while the drive still runs
+  assert.equal(r.safe.isSafe(), true);
+  await r.clock.advanceAsync(1900, 100); // the hung step times out at 2000 ms, the drive ends
+  await r.safe.settled();
+  await new Promise((res) => setImmediate(res));
+  assert.equal(r.safe.isSafe(), false);
+  assert.equal(r.recoveries.length, 1);
+  assert.equal(r.drives[0].failures[0].error, 'm: no answer within 2000 ms');
+});
+
+test('auto recovery re-checks the watchdog: a condition whose fault was not forwarded still blocks it', async () => {
+  const clock = new FakeClock(T0);
+  const watchdog = new Watchdog({ clock, silenceMs: 500, overrunMs: 100, maxInferenceFailures: 1, pipelines: { p: {} } });
+  const safe = new SafeState({ clock, actuators: new Map(), safeState: [], recovery: 'auto', healthyForMs: 1000, watchdog });
+  await safe.fault({ kind: 'policy-failure', detail: 'x', t: T0 }); // healthy now: the window starts
+  watchdog.report('source-fault', 'port gone', { lasting: true }); // nobody forwards this one
+  clock.advance(1000);
+  assert.equal(safe.isSafe(), true);
+  watchdog.resolve('source-fault');
+  clock.advance(999);
+  assert.equal(safe.isSafe(), true);
+  clock.advance(1);
+  assert.equal(safe.isSafe(), false);
+  safe.dispose();
+});
