@@ -137,9 +137,11 @@ export class ModelRunner {
    * Reads, pins and loads the model described by `cfg` (paths relative to `baseDir`).
    * Throws ModelError: KEEL_E_MODEL_LOAD (missing, unreadable, not ONNX),
    * KEEL_E_MODEL_HASH (SHA-256 mismatch), KEEL_E_MODEL_IO (names/shapes/dtypes disagree;
-   * every disagreement listed, each with its config path under `at`).
+   * every disagreement listed, each with its config path under `at`). Ends with one probe run
+   * on zeros of `probeElements` window values (default: the input shape's size, skipped when
+   * it has a dynamic dimension and no count is given).
    */
-  static async load(cfg: ModelConfig, baseDir: string, at = 'model'): Promise<ModelRunner> {
+  static async load(cfg: ModelConfig, baseDir: string, at = 'model', probeElements?: number): Promise<ModelRunner> {
     const file = path.resolve(baseDir, cfg.path);
     let bytes: Buffer;
     try {
@@ -163,7 +165,7 @@ export class ModelRunner {
       interOpNumThreads: cfg.threads?.interOp ?? 1,
       executionMode: 'sequential',
       executionProviders: cfg.executionProviders,
-      logSeverityLevel: 3,
+      logSeverityLevel: 4, // errors reach the caller as ModelErrors; keep ORT's own log quiet
     };
     let session: ort.InferenceSession;
     try {
@@ -187,7 +189,21 @@ export class ModelRunner {
         }),
       });
     }
-    return new ModelRunner(session, info, cfg, dtypes);
+    const runner = new ModelRunner(session, info, cfg, dtypes);
+    // Metadata cannot tell everything (a scalar from an open rank, dims tied inside the
+    // graph): one run on zeros proves the configured feeds are accepted, at load time
+    // rather than on the first real window.
+    const dynamic = runner.inputShape.includes(-1);
+    const elements = probeElements ?? (dynamic ? 0 : runner.inputShape.reduce((a, b) => a * b, 1));
+    try {
+      if (elements > 0) await runner.run(new Float32Array(elements));
+      runner.resetState();
+    } catch (err) {
+      await session.release().catch(() => undefined);
+      const message = `the model rejects the configured inputs: ${(err as Error).message.replace(/^inference failed: /, '')}`;
+      throw new ModelError('KEEL_E_MODEL_IO', `${at}.inputs: ${message}`, { cause: err, issues: [{ path: `${at}.inputs`, message }] });
+    }
+    return runner;
   }
 
   /** Compares configuration with model metadata; fills `dtypes`; returns every problem. */

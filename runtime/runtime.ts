@@ -14,7 +14,7 @@ import { createActuator, createSource, type DriverDeps } from '../drivers/index.
 import type { Clock } from './clock.ts';
 import type { ActionConfig, KeelConfig, PipelineConfig } from './config/schema.ts';
 import { RuleEngine, type DecisionEvent } from './decisions/rules.ts';
-import { PolicyHost } from './decisions/policy.ts';
+import { PolicyCallError, PolicyHost } from './decisions/policy.ts';
 import { KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
 import { ModelRunner, type ModelOutputs } from './inference.ts';
 import { RuntimeMetrics } from './ops/metrics.ts';
@@ -153,7 +153,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     for (const a of config.actuators) rt.actuators.set(a.name, deps.actuators?.[a.name] ?? createActuator(a, deps));
     for (const s of config.sources) rt.sources.set(s.name, deps.sources?.[s.name] ?? createSource(s, deps));
     const issues: ConfigIssue[] = [];
-    const loaded = await Promise.allSettled(config.pipelines.map((p, i) => ModelRunner.load(p.model, deps.baseDir, `pipelines[${i}].model`)));
+    const loaded = await Promise.allSettled(config.pipelines.map((p, i) => ModelRunner.load(p.model, deps.baseDir, `pipelines[${i}].model`, inputElements(p))));
     loaded.forEach((r) => {
       if (r.status === 'rejected') {
         const e = r.reason;
@@ -172,8 +172,8 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         index: i,
         windower: new Windower(p.window.channels, p.window.size, p.window.hop ?? p.window.size),
         runner,
-        rules: new RuleEngine(p.rules, { clock: deps.clock }),
-        policy: p.policy ? new PolicyHost(p.policy, { baseDir: deps.baseDir, actuators: new Set(rt.actuators.keys()), clock: deps.clock }) : undefined,
+        rules: new RuleEngine(p.rules, { clock: deps.clock, outputSizes: outputSizes(runner), onIssue: (i) => deps.logger.warn({ pipeline: p.name, issue: i }, 'rule problem') }),
+        policy: p.policy ? new PolicyHost(p.policy, { baseDir: deps.baseDir, actuators: new Set(rt.actuators.keys()), clock: deps.clock, name: p.name }) : undefined,
         busy: false,
         lastFrameAt: 0,
         latency: new LatencyWindow(2048),
@@ -182,8 +182,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       });
     });
     for (const p of rt.pipelines) {
-      const elements = windowToInput(zeroFrame(p.cfg), p.cfg).length;
-      await p.runner.warmup(p.cfg.model.warmup, elements);
+      await p.runner.warmup(p.cfg.model.warmup, inputElements(p.cfg));
     }
     return rt;
   }
@@ -205,7 +204,8 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     this.safeState.on('safe', (f: Fault) => {
       this.metrics.safe.set(1);
       for (const p of this.pipelines) p.rules.reset();
-      this.log.warn({ fault: f }, 'safe state driven');
+      if (f.kind === 'requested') this.log.info({ reason: f.detail }, 'safe state driven for shutdown');
+      else this.log.warn({ fault: f }, 'safe state driven');
       this.emit('safe', f);
     });
     this.safeState.on('recovered', () => {
@@ -217,9 +217,13 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       src.on('sample', (s) => this.onSample(name, s));
       src.on('fault', (err) => {
         this.log.warn({ source: name, code: err.code, err: err.message }, 'source fault');
-        this.watchdog.report('source-fault', `${name}: ${err.message}`);
+        // Lasting: automatic recovery waits until the source says it delivers again.
+        this.watchdog.report(`source-fault:${name}`, `${name}: ${err.message}`, { lasting: true });
       });
-      src.on('recovered', () => this.log.info({ source: name }, 'source recovered'));
+      src.on('recovered', () => {
+        this.log.info({ source: name }, 'source recovered');
+        this.watchdog.resolve(`source-fault:${name}`);
+      });
       src.on('end', () => {
         this.ended.add(name);
         this.log.info({ source: name }, 'source ended');
@@ -348,9 +352,12 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         if (res.actions?.length) await this.apply(res.actions, { pipeline: name, decision: 'policy', time: new Date(t).toISOString(), ...flatOutputs(outputs) }, `${name}/policy`);
       } catch (err) {
         const e = asError(err);
-        this.metrics.policyCalls.inc({ pipeline: name, result: 'failed' });
-        this.log.warn({ pipeline: name, err: e.message }, 'policy failed');
-        this.watchdog.report('policy-failure', `${name}: ${e.message}`);
+        const reason = err instanceof PolicyCallError ? err.reason : 'threw';
+        this.metrics.policyCalls.inc({ pipeline: name, result: reason });
+        this.log.warn({ pipeline: name, reason, err: e.message }, 'policy failed');
+        // busy/unavailable mean the worker is restarting after a failure already reported;
+        // reporting them again would re-trigger the safe state on every window.
+        if (reason !== 'busy' && reason !== 'unavailable') this.watchdog.report('policy-failure', `${name}: ${e.message}`, { pipeline: name });
       }
     }
   }
@@ -359,17 +366,11 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   private async apply(actions: readonly ActionConfig[], context: ActionContext, origin: string): Promise<void> {
     for (const a of actions) {
       const t = this.deps.clock.now();
-      if (this.safeState.isSafe()) {
-        this.metrics.actions.inc({ actuator: a.actuator, result: 'suppressed' });
-        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: 'suppressed', t });
-        continue;
-      }
-      const act = this.actuators.get(a.actuator);
       try {
-        if (!act) throw new KeelError('KEEL_E_ACTUATOR', `no actuator named "${a.actuator}"`);
-        await act.write(a.value, context);
-        this.metrics.actions.inc({ actuator: a.actuator, result: 'ok' });
-        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: 'ok', t });
+        // SafeState.apply re-drives the actuator safe if a fault lands while the write is in flight.
+        const result = await this.safeState.apply(a, context);
+        this.metrics.actions.inc({ actuator: a.actuator, result: result === 'applied' ? 'ok' : 'suppressed' });
+        this.emit('action', { actuator: a.actuator, value: a.value, origin, result: result === 'applied' ? 'ok' : 'suppressed', t });
       } catch (err) {
         const e = asError(err);
         this.metrics.actions.inc({ actuator: a.actuator, result: 'failed' });
@@ -433,9 +434,19 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   }
 }
 
-function zeroFrame(p: PipelineConfig): Frame {
+/** Element count of each output whose shape the model fixes (symbolic dims are skipped). */
+function outputSizes(runner: ModelRunner): Record<string, number> {
+  const sizes: Record<string, number> = {};
+  for (const o of runner.info.outputs) {
+    if (o.shape.length && o.shape.every((d) => typeof d === 'number' && d > 0)) sizes[o.name] = (o.shape as number[]).reduce((a, b) => a * b, 1);
+  }
+  return sizes;
+}
+
+/** Number of values the pipeline's transforms produce from one window (the model input size). */
+export function inputElements(p: PipelineConfig): number {
   const channels = p.window.channels.length;
-  return { channels, length: p.window.size, data: new Float32Array(channels * p.window.size) };
+  return windowToInput({ channels, length: p.window.size, data: new Float32Array(channels * p.window.size) }, p).length;
 }
 
 /** Scalar model outputs for templates: `score` is element 0 of output `score`, `score_1` element 1... */
