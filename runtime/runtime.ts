@@ -88,6 +88,7 @@ interface PipelineState {
   lastFrameAt: number;
   latency: LatencyWindow;
   inferences: number;
+  windowsDropped: number;
   decisions: number;
   idle?: Promise<void>;
   resolveIdle?: () => void;
@@ -178,6 +179,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         lastFrameAt: 0,
         latency: new LatencyWindow(2048),
         inferences: 0,
+        windowsDropped: 0,
         decisions: 0,
       });
     });
@@ -277,7 +279,10 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   private schedule(p: PipelineState, frame: Frame): void {
     this.metrics.windows.inc({ pipeline: p.cfg.name });
     if (p.busy) {
-      if (p.pending) this.metrics.windowsDropped.inc({ pipeline: p.cfg.name });
+      if (p.pending) {
+        p.windowsDropped++;
+        this.metrics.windowsDropped.inc({ pipeline: p.cfg.name });
+      }
       p.pending = frame;
       return;
     }
@@ -416,7 +421,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       pipelines: this.pipelines.map((p) => ({
         name: p.cfg.name,
         inferences: p.inferences,
-        windowsDropped: 0,
+        windowsDropped: p.windowsDropped,
         p50Ms: p.latency.percentile(50),
         p99Ms: p.latency.percentile(99),
         decisions: p.decisions,
@@ -434,11 +439,13 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   }
 }
 
-/** Element count of each output whose shape the model fixes (symbolic dims are skipped). */
+/** Element count of each fetched output; NaN where the model leaves the size open. */
 function outputSizes(runner: ModelRunner): Record<string, number> {
   const sizes: Record<string, number> = {};
   for (const o of runner.info.outputs) {
-    if (o.shape.length && o.shape.every((d) => typeof d === 'number' && d > 0)) sizes[o.name] = (o.shape as number[]).reduce((a, b) => a * b, 1);
+    if (!runner.outputNames.includes(o.name)) continue;
+    const fixed = o.shape.length > 0 && o.shape.every((d) => typeof d === 'number' && d > 0);
+    sizes[o.name] = fixed ? (o.shape as number[]).reduce((a, b) => a * b, 1) : NaN;
   }
   return sizes;
 }

@@ -253,7 +253,7 @@ as an output; keel carries it). The card's metrics use 0.5 as the threshold.`,
 ${SIZES.heldOut} held-out runs of ${RUN_STEPS} steps (30 s) each, i.e. ${minutes(SIZES.train)} / ${minutes(SIZES.validation)} / ${minutes(SIZES.heldOut)} minutes.
 
 - Motor (new per run): supply 10.8–13.2 V, R 0.8–3 Ω, k 0.015–0.05 V·s/rad, mechanical
-  time constant 0.08–0.5 s, viscous loss and Coulomb friction; stall current 4–16 A.
+  time constant 0.08–0.5 s, viscous loss and Coulomb friction; stall current about 4–16 A.
 - Command: starts at 0, then steps or ramps (30 %) between duties 0.35–1 every 2–8 s,
   sometimes stops for 1–3 s and restarts.
 - Load: 3–20 % of stall torque, a random wander, bumps of 5–30 % lasting 0.3–1.5 s
@@ -290,6 +290,9 @@ accuracy ${pct(accReset)} and AUC ${aucReset.toFixed(4)}.`,
   after checking the result on recorded stalls.
 - The state needs a few seconds of history after a reset; a stall already present at
   start-up is reported after the state has settled (about 1 s).
+- False alarms are frequent on the generated data (see the held-out results): tune the
+  threshold and the debounce on recordings of your own motor; a longer debounce trades
+  latency for fewer false alarms.
 - A step is 0.1 s, so the earliest the model can react is a few hundred ms after the
   motor stops; keep a hardware current limit and a thermal cut-out.`,
   });

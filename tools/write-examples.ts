@@ -68,9 +68,9 @@ sources:
             - durationMs: 10000 # bearing defect
               signals:
                 ${healthy}
-                - {kind: sine, freqHz: 105.6, amplitude: 0.06, phase: 0.3}
-                - {kind: sine, freqHz: 211.2, amplitude: 0.035, phase: 1.3}
-                - {kind: sine, freqHz: 316.8, amplitude: 0.02, phase: 2.9}
+                - {kind: sine, freqHz: 105.6, amplitude: 0.1, phase: 0.3}
+                - {kind: sine, freqHz: 211.2, amplitude: 0.06, phase: 1.3}
+                - {kind: sine, freqHz: 316.8, amplitude: 0.04, phase: 2.9}
 actuators:
   - name: alarm_lamp
     type: gpio

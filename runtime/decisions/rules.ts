@@ -89,7 +89,8 @@ export interface RuleEngineOptions {
   clock: Clock;
   /**
    * Element count of each model output, when known (from the model's metadata). Lets the
-   * constructor reject out-of-range indices and label lists of the wrong length.
+   * constructor reject out-of-range indices and label lists of the wrong length. A size of
+   * NaN names an output whose size the model leaves open (only its existence is checked).
    */
   outputSizes?: Record<string, number>;
   /** Called once per rule the first time a mismatch is found at evaluation. */
@@ -302,7 +303,9 @@ function compile(r: RuleConfig, at: string, sizes: Record<string, number> | unde
   if (sizes && w.output !== undefined) {
     const n = sizes[w.output];
     if (n === undefined) bad('.when.output', `the model has no output "${w.output}" (outputs: ${Object.keys(sizes).join(', ') || 'none'})`);
-    else if (klass && Array.isArray(w.labels) && w.labels.length !== n) bad('.when.labels', `${w.labels.length} labels for output "${w.output}" of ${n} elements`);
+    else if (!Number.isFinite(n)) {
+      // The model leaves this output's size open (symbolic dims): checked at evaluation.
+    } else if (klass && Array.isArray(w.labels) && w.labels.length !== n) bad('.when.labels', `${w.labels.length} labels for output "${w.output}" of ${n} elements`);
     else if (threshold && index >= n) bad('.when.index', `index ${index} is out of range for output "${w.output}" of ${n} elements`);
   }
 

@@ -81,7 +81,7 @@ export class LiveView {
       }
       for (const p of snap.pipelines) {
         out.push(
-          `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  decisions ${p.decisions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
+          `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  dropped ${p.windowsDropped}  decisions ${p.decisions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
         );
       }
       for (const r of this.recent) out.push(`  ${r}`);

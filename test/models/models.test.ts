@@ -151,7 +151,7 @@ test('motor-stall: identical inputs give different outputs for different states'
   const run = set.x[0];
   // Warm the state up on the first 20 s, then compare one step from that state and from zeros.
   await withSession(f, async (s) => {
-    let h = new Float32Array(STATE_SIZE);
+    let h: Float32Array = new Float32Array(STATE_SIZE);
     for (let t = 0; t < 200; t++) h = (await runOnce(s, { x: { data: run[t], dims: [1, MOTOR_FEATURES] }, h_in: { data: h, dims: [1, STATE_SIZE] } })).h_out;
     assert.ok(h.some((v) => Math.abs(v) > 0.05), 'the state stays near zero');
     const x = { data: run[200], dims: [1, MOTOR_FEATURES] };

@@ -43,16 +43,17 @@ test('a one-node Add model round-trips through onnxruntime-node', async () => {
 test('the protobuf carries IR 8, opset 13, raw little-endian float data and metadata', () => {
   const m = onnx.ModelProto.decode(addModel());
   assert.equal(Number(m.irVersion), IR_VERSION);
-  assert.equal(m.opsetImport.length, 1);
-  assert.equal(m.opsetImport[0].domain, '');
-  assert.equal(Number(m.opsetImport[0].version), OPSET);
-  const init = m.graph!.initializer[0];
+  const opsets = m.opsetImport ?? [];
+  assert.equal(opsets.length, 1);
+  assert.equal(opsets[0].domain, '');
+  assert.equal(Number(opsets[0].version), OPSET);
+  const init = m.graph!.initializer![0];
   assert.equal(init.dataType, onnx.TensorProto.DataType.FLOAT);
-  assert.deepEqual(init.dims.map(Number), [1, 3]);
-  const raw = Buffer.from(init.rawData);
+  assert.deepEqual((init.dims ?? []).map(Number), [1, 3]);
+  const raw = Buffer.from(init.rawData!);
   assert.deepEqual([raw.readFloatLE(0), raw.readFloatLE(4), raw.readFloatLE(8)], [1, 2, 3.5]);
-  assert.deepEqual(m.metadataProps.map((p) => [p.key, p.value]), [['purpose', 'test']]);
-  assert.equal(m.graph!.node[0].opType, 'Add');
+  assert.deepEqual((m.metadataProps ?? []).map((p) => [p.key, p.value]), [['purpose', 'test']]);
+  assert.equal(m.graph!.node![0].opType, 'Add');
 });
 
 test('encoding is deterministic', () => {
