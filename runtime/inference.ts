@@ -284,11 +284,18 @@ export class ModelRunner {
 
   /**
    * Runs the model on one window (already transformed; length must fit the input shape),
-   * feeding and then advancing the recurrent state. Throws ModelError KEEL_E_INFERENCE.
+   * feeding and then advancing the recurrent state. A Float32Array for a float32 input is
+   * used as the tensor's buffer without a copy: do not modify it while the run is pending.
+   * Throws ModelError KEEL_E_INFERENCE.
    */
   async run(window: ArrayLike<number>): Promise<ModelOutputs> {
-    const data = allocate(this.inputDtype, window.length);
-    fill(data, window);
+    let data: TypedArray;
+    if (this.inputDtype === 'float32' && window instanceof Float32Array) {
+      data = window; // the pipeline hands over a fresh array per window: no copy needed
+    } else {
+      data = allocate(this.inputDtype, window.length);
+      fill(data, window);
+    }
     const feeds: Record<string, ort.Tensor> = { ...this.constants, [this.inputName]: new ort.Tensor(this.inputDtype, data, this.inputDims(window.length)) };
     for (const s of this.state) feeds[s.input] = s.tensor;
     let result: ort.InferenceSession.ReturnType;

@@ -153,21 +153,30 @@ export class Watchdog extends EventEmitter<WatchdogEvents> {
     }
   }
 
-  /** An inference run of `pipeline` started; a run still going after `overrunMs` faults. */
+  /**
+   * An inference run of `pipeline` started; a run still going after `overrunMs` faults.
+   * The hang timer is armed once and re-armed only when it fires, so a run costs no timer
+   * operations in steady state (inference runs every few ms; the limit is ~a second).
+   */
   inferenceStarted(pipeline: string): void {
     const w = this.get(pipeline, 'pipeline');
-    this.clock.cancel(w.inferenceTimer);
     w.runningSince = this.clock.monotonic();
     w.hung = false;
-    w.inferenceTimer = this.clock.setTimeout(
-      `watchdog:${pipeline}:inference`,
-      () => {
-        w.inferenceTimer = undefined;
+    if (!w.inferenceTimer) this.armHang(w, w.overrunMs);
+  }
+
+  private armHang(w: Watched, delay: number): void {
+    w.inferenceTimer = this.clock.setTimeout(`watchdog:${w.name}:inference`, () => {
+      w.inferenceTimer = undefined;
+      if (w.runningSince === undefined || w.hung) return; // idle: re-armed by the next start
+      const elapsed = this.clock.monotonic() - w.runningSince;
+      if (elapsed >= w.overrunMs) {
         w.hung = true;
-        this.raise({ kind: 'inference-overrun', pipeline, detail: `inference still running after ${w.overrunMs} ms (limit ${w.overrunMs} ms)` }, true);
-      },
-      w.overrunMs,
-    );
+        this.raise({ kind: 'inference-overrun', pipeline: w.name, detail: `inference still running after ${round(elapsed)} ms (limit ${w.overrunMs} ms)` }, true);
+      } else {
+        this.armHang(w, w.overrunMs - elapsed);
+      }
+    }, delay);
   }
 
   /**
@@ -179,8 +188,6 @@ export class Watchdog extends EventEmitter<WatchdogEvents> {
     const w = this.get(pipeline, 'pipeline');
     const took = ms ?? (w.runningSince === undefined ? 0 : this.clock.monotonic() - w.runningSince);
     if (typeof took !== 'number' || !(took >= 0)) throw new RangeError(`ms must be a non-negative number, got ${String(ms)}`);
-    this.clock.cancel(w.inferenceTimer);
-    w.inferenceTimer = undefined;
     w.runningSince = undefined;
     w.failures = 0;
     this.close(key('inference-failure', pipeline));
@@ -195,8 +202,6 @@ export class Watchdog extends EventEmitter<WatchdogEvents> {
   /** An inference run failed; `maxInferenceFailures` consecutive failures fault (once per streak). */
   inferenceFailed(pipeline: string, err: unknown): void {
     const w = this.get(pipeline, 'pipeline');
-    this.clock.cancel(w.inferenceTimer);
-    w.inferenceTimer = undefined;
     w.runningSince = undefined;
     w.hung = false;
     w.failures++;
@@ -280,6 +285,7 @@ export class Watchdog extends EventEmitter<WatchdogEvents> {
   }
 
   private close(k: string): boolean {
+    if (this.conditions.size === 0) return false; // the common case, kept cheap
     const f = this.conditions.get(k);
     if (!f) return false;
     this.conditions.delete(k);

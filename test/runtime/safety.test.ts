@@ -166,7 +166,27 @@ test('hung inference: the timer started at inference start faults; the late fini
   clock.advance(30);
   watchdog.inferenceFinished('vad'); // 30 ms by the clock
   assert.equal(watchdog.healthy(), true);
+  // The hang timer is not cancelled per run; when it fires with nothing running it lapses.
+  clock.advance(200);
+  assert.equal(faults.length, 1);
   assert.ok(!clock.pending().includes('watchdog:vad:inference'));
+});
+
+test('hang timer across many short runs: re-armed for the time left, no false overrun', () => {
+  const { clock, watchdog, faults } = rig();
+  for (let i = 0; i < 50; i++) {
+    watchdog.inferenceStarted('vad');
+    clock.advance(7);
+    watchdog.inferenceFinished('vad');
+    clock.advance(3);
+  }
+  // A run starting just before the timer's due time must get its full 100 ms.
+  watchdog.inferenceStarted('vad');
+  clock.advance(99);
+  assert.equal(faults.length, 0);
+  clock.advance(1);
+  assert.equal(faults.length, 1);
+  assert.match(faults[0].detail, /still running after 100 ms/);
 });
 
 test('inference failures: a fault at maxInferenceFailures consecutive ones, cleared by a success', () => {
