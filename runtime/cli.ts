@@ -2,14 +2,15 @@
  * The `keel` command line. Subcommands with `--help`; human output on a terminal and JSON
  * with `--json`; distinct exit codes (see EXIT).
  */
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SystemClock } from './clock.ts';
 import { loadConfigFile, type LoadedConfig } from './config/load.ts';
-import { publishedSchema } from './config/schema.ts';
-import { ConfigError, KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
+import { publishedSchema, type KeelConfig } from './config/schema.ts';
+import { resolvePolicyModule } from './decisions/policy.ts';
+import { ConfigError, KeelError, ModelError, PolicyError, asError, type ConfigIssue } from './errors.ts';
 import { ModelRunner } from './inference.ts';
 import { createLogger } from './ops/log.ts';
 import { LiveView } from './ops/live-view.ts';
@@ -121,6 +122,36 @@ function printIssues(io: Io, file: string, issues: ConfigIssue[]): void {
   for (const i of issues) io.err(`  ${i.path || '(file)'}: ${i.message}`);
 }
 
+/**
+ * Files the config names besides models (replay recordings, policy modules) must exist.
+ * Checked here, without opening any device, so that a typo in a path is a configuration error
+ * reported with the others, not a start failure after the actuators were already driven.
+ */
+function fileIssues(config: KeelConfig, dir: string): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  config.sources.forEach((s, i) => {
+    if (s.type !== 'replay') return;
+    const abs = path.resolve(dir, s.file);
+    try {
+      if (!statSync(abs).isFile()) issues.push({ path: `sources[${i}].file`, message: `${abs} is not a regular file` });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'file not found' : code === 'EACCES' ? 'permission denied' : asError(err).message;
+      issues.push({ path: `sources[${i}].file`, message: `cannot read ${abs}: ${why} (a relative path resolves against the config file's directory)` });
+    }
+  });
+  config.pipelines.forEach((p, i) => {
+    if (!p.policy) return;
+    try {
+      resolvePolicyModule(p.policy.module, dir);
+    } catch (err) {
+      if (err instanceof PolicyError) issues.push({ path: `pipelines[${i}].policy.module`, message: err.message });
+      else throw err;
+    }
+  });
+  return issues;
+}
+
 /** Loads the config file and every model; returns the issues (empty when valid). */
 async function checkAll(file: string, loadModels: boolean): Promise<{ loaded?: LoadedConfig; issues: ConfigIssue[] }> {
   let loaded: LoadedConfig;
@@ -130,7 +161,7 @@ async function checkAll(file: string, loadModels: boolean): Promise<{ loaded?: L
     if (err instanceof ConfigError) return { issues: err.issues };
     throw err;
   }
-  const issues: ConfigIssue[] = [];
+  const issues: ConfigIssue[] = fileIssues(loaded.config, loaded.dir);
   if (loadModels) {
     const { config, dir } = loaded;
     await Promise.all(
