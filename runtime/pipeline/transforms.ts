@@ -49,11 +49,29 @@ export function normalize(frame: Frame, mean?: number[], std?: number[]): Frame 
   return frame;
 }
 
-const ffts = new Map<number, { fft: FFT; input: number[]; out: number[]; hann: Float64Array }>();
+interface FftPlan {
+  fft: FFT;
+  // Plain arrays: fft.js runs faster on them than on typed arrays (measured here).
+  input: number[];
+  out: number[];
+  hann: number[];
+}
+const ffts = new Map<number, FftPlan>();
 
 /** True when n is a power of two and at least 4 (what the FFT accepts). */
 export function isFftSize(n: number): boolean {
   return Number.isInteger(n) && n >= 4 && (n & (n - 1)) === 0;
+}
+
+function plan(length: number): FftPlan {
+  let p = ffts.get(length);
+  if (!p) {
+    const fft = new FFT(length);
+    const hann = Array.from({ length }, (_, i) => 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / length));
+    p = { fft, input: new Array<number>(length).fill(0), out: fft.createComplexArray() as number[], hann };
+    ffts.set(length, p);
+  }
+  return p;
 }
 
 /**
@@ -65,25 +83,22 @@ export function isFftSize(n: number): boolean {
 export function fftMagnitude(frame: Frame, opts: { hann?: boolean; dropDc?: boolean } = {}): Frame {
   const { channels, length, data } = frame;
   if (!isFftSize(length)) throw new RangeError(`fft: window length must be a power of two >= 4, got ${length}`);
-  let plan = ffts.get(length);
-  if (!plan) {
-    const fft = new FFT(length);
-    const hann = new Float64Array(length);
-    for (let i = 0; i < length; i++) hann[i] = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / length);
-    plan = { fft, input: new Array<number>(length).fill(0), out: fft.createComplexArray() as number[], hann };
-    ffts.set(length, plan);
-  }
+  const { fft, input, out, hann } = plan(length);
   const first = opts.dropDc ? 1 : 0;
-  const bins = length / 2 + 1 - first;
+  const half = length / 2;
+  const bins = half + 1 - first;
+  const scaleBy = 1 / length;
   const result = new Float32Array(channels * bins);
   for (let c = 0; c < channels; c++) {
     const base = c * length;
-    for (let i = 0; i < length; i++) plan.input[i] = opts.hann ? data[base + i] * plan.hann[i] : data[base + i];
-    plan.fft.realTransform(plan.out, plan.input);
-    for (let k = first; k <= length / 2; k++) {
-      const re = plan.out[2 * k];
-      const im = plan.out[2 * k + 1];
-      result[c * bins + (k - first)] = Math.sqrt(re * re + im * im) / length;
+    if (opts.hann) for (let i = 0; i < length; i++) input[i] = data[base + i] * hann[i];
+    else for (let i = 0; i < length; i++) input[i] = data[base + i];
+    fft.realTransform(out, input);
+    const o = c * bins - first;
+    for (let k = first; k <= half; k++) {
+      const re = out[2 * k];
+      const im = out[2 * k + 1];
+      result[o + k] = Math.sqrt(re * re + im * im) * scaleBy;
     }
   }
   return { channels, length: bins, data: result };
