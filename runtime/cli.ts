@@ -110,10 +110,15 @@ function parse(cmd: string, args: string[], options: ParseArgsConfig['options'])
   }
 }
 
+/** Longest delay a Node timer accepts, ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function seconds(v: string | undefined, cmd: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw usageError(`--duration must be a positive number of seconds, got "${v}"`, cmd);
+  // Node's timers hold at most 2^31-1 ms (24.8 days); a longer delay fires after 1 ms.
+  if (n * 1000 > MAX_TIMER_MS) throw usageError(`--duration must be at most ${Math.floor(MAX_TIMER_MS / 1000)} seconds (24.8 days); leave it out to run until stopped`, cmd);
   return n;
 }
 
@@ -254,6 +259,8 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   const reason = await stopped;
   view?.stop();
   await runtime.stop(reason);
+  // The last line of a clean run: tells a supervisor's log a clean stop from a crash.
+  logger.info({ reason }, 'keel stopped');
   view?.final();
   return EXIT.ok;
 }
@@ -310,9 +317,13 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return cmd === undefined ? EXIT.usage : EXIT.ok;
       case 'version':
       case '--version':
-      case '-V':
+      case '-V': {
+        const { values, positionals } = parse('version', rest, {});
+        if (values.help) return io.out(HELP.version), EXIT.ok;
+        if (positionals.length) throw usageError('version takes no arguments', 'version');
         io.out(KEEL_VERSION);
         return EXIT.ok;
+      }
       case 'check':
         return await cmdCheck(rest, io);
       case 'run':

@@ -35,6 +35,8 @@ export function sha256Hex(data: Uint8Array): string {
 }
 
 const SUPPORTED: DType[] = ['float32', 'float64', 'int32', 'int64', 'int8', 'uint8'];
+/** Output element types keel can hand to rules as numbers. */
+const NUMERIC_OUTPUT = new Set(['float32', 'float64', 'int32', 'int64', 'int16', 'int8', 'uint8', 'uint16', 'uint32', 'uint64', 'bool']);
 
 function allocate(dtype: DType, n: number): TypedArray {
   switch (dtype) {
@@ -129,7 +131,10 @@ export class ModelRunner {
       this.constants[name] = new ort.Tensor(dtype, data, spec.shape);
     }
     const stateOutputs = new Set(this.state.map((s) => s.output));
-    const wanted = cfg.outputs ?? session.outputNames.filter((n) => !stateOutputs.has(n));
+    // By default every numeric tensor output; maps and sequences (e.g. scikit-learn's ZipMap
+    // probabilities) and string tensors cannot feed rules and are left out.
+    const numeric = new Set(info.outputs.filter((o) => NUMERIC_OUTPUT.has(o.type)).map((o) => o.name));
+    const wanted = cfg.outputs ?? session.outputNames.filter((n) => !stateOutputs.has(n) && numeric.has(n));
     this.fetch = [...new Set([...wanted, ...stateOutputs])];
   }
 
@@ -254,8 +259,13 @@ export class ModelRunner {
       if (!fed.has(i.name)) problems.push(`${at}.inputs: model input "${i.name}" ${fmtShape(i.shape)} is not fed; describe it in model.inputs or bind it in model.state`);
     }
     (cfg.outputs ?? []).forEach((o, k) => {
-      if (!outputs.has(o)) problems.push(`${at}.outputs[${k}]: the model has no output "${o}" (it has ${names(outputs)})`);
+      const m = outputs.get(o);
+      if (!m) problems.push(`${at}.outputs[${k}]: the model has no output "${o}" (it has ${names(outputs)})`);
+      else if (!NUMERIC_OUTPUT.has(m.type)) problems.push(`${at}.outputs[${k}]: output "${o}" is ${m.type === 'non-tensor' ? 'not a tensor (a map or sequence)' : `a ${m.type} tensor`}; rules need numbers`);
     });
+    if (!cfg.outputs && !info.outputs.some((o) => NUMERIC_OUTPUT.has(o.type) && !(cfg.state ?? []).some((s) => s.output === o.name))) {
+      problems.push(`${at}.outputs: the model has no numeric tensor output to decide on`);
+    }
     return problems;
   }
 

@@ -17,12 +17,13 @@ export const IR_VERSION = 8;
 /** Default-domain opset written. */
 export const OPSET = 13;
 
-/** Element types the writer supports. */
-export type ElementType = 'float32' | 'int64';
+/** Element types the writer supports (`string` for graph inputs/outputs only, not initializers). */
+export type ElementType = 'float32' | 'int64' | 'string';
 
 const ELEMENT: Record<ElementType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
+  string: onnx.TensorProto.DataType.STRING,
 };
 
 /** A graph input or output: name, shape (numbers, or strings for symbolic dimensions), element type. */
@@ -95,6 +96,7 @@ export class GraphBuilder {
 
   /** Adds a constant tensor; `values` are converted to the element type (float32 rounds). */
   initializer(name: string, dims: number[], values: ArrayLike<number>, dtype: ElementType = 'float32'): string {
+    if (dtype === 'string') throw new TypeError(`initializer ${name}: string initializers are not supported`);
     this.define(name, 'initializer');
     if (!dims.every((d) => Number.isInteger(d) && d >= 0)) throw new RangeError(`initializer ${name}: dims must be non-negative integers, got [${dims}]`);
     const n = dims.reduce((a, b) => a * b, 1);

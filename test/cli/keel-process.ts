@@ -36,7 +36,7 @@ export interface KeelOptions {
 const live = new Set<ChildProcess>();
 
 function env(): NodeJS.ProcessEnv {
-  const e = { ...process.env, NO_COLOR: '1' };
+  const e: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
   // A child must not think it is a node:test subprocess, nor print debug stacks.
   delete e.NODE_TEST_CONTEXT;
   delete e.KEEL_DEBUG;

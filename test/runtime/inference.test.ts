@@ -144,3 +144,22 @@ test('inputDims infers the one dynamic dimension from the window length', async 
   assert.equal(out.output.length, 1);
   await r.release();
 });
+
+test('non-numeric outputs (string tensors, like a classifier label) are left out by default and refused by name', async () => {
+  const { GraphBuilder } = await import('../../tools/onnx-export.ts');
+  const g = new GraphBuilder('labelled');
+  g.input({ name: 'x', shape: [1, 2] });
+  g.node('Identity', ['x'], ['score']);
+  g.node('Cast', ['x'], ['label'], { to: { i: 8 } }); // 8 = STRING
+  g.output({ name: 'score', shape: [1, 2] });
+  g.output({ name: 'label', shape: [1, 2], dtype: 'string' });
+  const file = path.join(dir, 'labelled.onnx');
+  writeFileSync(file, g.encode());
+  const base: ModelConfig = { path: file, sha256: hashOf(file), input: 'x', inputs: { x: { shape: [1, 2] } }, warmup: 0, executionProviders: ['cpu'] };
+  const r = await ModelRunner.load(base, dir);
+  assert.deepEqual([...r.outputNames], ['score']);
+  assert.deepEqual(Array.from((await r.run(Float32Array.from([0.25, 0.5]))).score), [0.25, 0.5]);
+  await r.release();
+  const e = await modelError({ ...base, outputs: ['label'] });
+  assert.match(e.message, /outputs\[0\]: output "label" is a string tensor; rules need numbers/);
+});
