@@ -245,6 +245,9 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     if (o.durationS) setTimeout(() => resolve('duration'), o.durationS * 1000).unref();
+    // The reader of the live view went away (`keel demo --json | head -1`): stop as for a
+    // signal, safe state first, instead of writing into a closed pipe.
+    if (o.live !== 'none') (o.live === 'json' ? process.stdout : process.stderr).once('error', () => resolve('output closed'));
   });
   try {
     await runtime.start();
@@ -355,6 +358,10 @@ export async function main(argv: string[], io: Io): Promise<number> {
 /** Entry point for bin/keel.js and `tsx runtime/cli.ts`: runs main on process.argv and sets the exit code. */
 export async function runCli(): Promise<void> {
   const io: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n'), isTTY: Boolean(process.stderr.isTTY) };
+  // Writing to a pipe whose reader has gone (EPIPE) emits 'error' on the stream, which would
+  // crash keel with a stack trace; output nobody reads is lost, nothing else (runConfig stops
+  // a live view whose reader went away).
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   let code: number;
   try {
     code = await main(process.argv.slice(2), io);

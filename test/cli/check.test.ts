@@ -91,7 +91,11 @@ async function result(...args: string[]): Promise<KeelResult> {
 
 test('the broken corpus covers the mistakes it is meant to, and every fixture states its expectations', () => {
   assert.ok(corpus.length >= 24, `only ${corpus.length} fixtures`);
-  for (const f of corpus) assert.ok(expectations(f).length > 0, `${f} has no "# expect:" line`);
+  for (const f of corpus) {
+    assert.ok(expectations(f).length > 0, `${f} has no "# expect:" line`);
+    const own = path.join(ROOT, existsSync(path.join(ROOT, f + '.expect')) ? f + '.expect' : f);
+    assert.match(readFileSync(own, 'utf8'), /^# expect: /, `${own}: the first line must be an expect line`);
+  }
 });
 
 test('keel check on each broken config: exit 3, every expected issue with its path on stderr, no stack trace', async (t) => {

@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it, test } from 'node:test';
-import { STACK_LINE, holdPort, jsonLines, keel, killAll, portFree, portableCopy } from './keel-process.ts';
+import { waitFor } from '../helpers.ts';
+import { STACK_LINE, holdPort, jsonLines, keel, killAll, portFree, portableCopy, startKeel } from './keel-process.ts';
 
 const DEMO_PORT = 9464;
 const PIPELINES = ['path-ahead', 'bearing', 'stall-guard'];
@@ -88,5 +89,19 @@ describe('keel demo', { concurrency: true }, () => {
       assert.ok(p.p50Ms > 0 && p.p99Ms >= p.p50Ms, `${p.name}: p50 ${p.p50Ms} p99 ${p.p99Ms}`);
       assert.equal(typeof p.decisions, 'number');
     }
+  });
+
+  it('stops gracefully, exit 0 and no stack trace, when the reader of --json goes away (keel demo --json | head -1)', async () => {
+    const started = Date.now();
+    const k = startKeel(['demo', '--json', '--duration', '30', '--config', demoOnFreePort('pipe')]);
+    await waitFor(() => k.stdout.includes('\n') || !k.running, 'the first snapshot', 15_000);
+    assert.ok(k.running, k.stderr);
+    k.child.stdout!.destroy(); // what head does after its first line
+    const r = await k.exited;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.signal, null);
+    assert.doesNotMatch(r.stderr, STACK_LINE, r.stderr);
+    assert.doesNotMatch(r.stderr, /EPIPE/, r.stderr);
+    assert.ok(Date.now() - started < 20_000, 'stopped when the reader went away, not at --duration');
   });
 });

@@ -34,6 +34,8 @@ export interface KeelOptions {
 }
 
 const live = new Set<ChildProcess>();
+/** Set by killAll(): pools start no new child after it. */
+let closing = false;
 
 function env(): NodeJS.ProcessEnv {
   const e: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
@@ -130,12 +132,12 @@ export function keel(args: string[], o?: KeelOptions): Promise<KeelResult> {
   return new KeelProcess(args, o).exited;
 }
 
-/** Runs the jobs with at most `limit` at a time (two cores: more children only thrash). */
+/** Runs the jobs with at most `limit` at a time (two cores: more children only thrash); starts none after killAll(). */
 export async function pool<T, R>(items: readonly T[], limit: number, job: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length);
   let next = 0;
   const worker = async () => {
-    while (next < items.length) {
+    while (next < items.length && !closing) {
       const i = next++;
       out[i] = await job(items[i]);
     }
@@ -146,6 +148,7 @@ export async function pool<T, R>(items: readonly T[], limit: number, job: (item:
 
 /** Kills every child still running (SIGKILL) and waits for them to go. For `after` hooks. */
 export async function killAll(): Promise<void> {
+  closing = true;
   const waits = [...live].map((c) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : (c.once('close', () => r()), c.kill('SIGKILL')))));
   await Promise.all(waits);
 }
