@@ -3,6 +3,7 @@
  * with `--json`; distinct exit codes (see EXIT).
  */
 import { statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -37,7 +38,10 @@ export const DEMO_CONFIG = path.join(ROOT, 'examples', 'demo.yaml');
 interface Io {
   out: (s: string) => void;
   err: (s: string) => void;
+  /** Whether stderr is a terminal. */
   isTTY: boolean;
+  /** Whether stdout is a terminal. */
+  outTTY: boolean;
 }
 
 const HELP: Record<string, string> = {
@@ -207,6 +211,17 @@ interface RunOptions {
   logLevel?: string;
   live: 'tty' | 'json' | 'none';
   logFd: 1 | 2;
+  /** If the configured ops port is taken, serve on a free one instead of refusing (the demo). */
+  portFallback?: boolean;
+}
+
+/** Whether host:port can be bound right now. */
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
 }
 
 async function runConfig(o: RunOptions, io: Io): Promise<number> {
@@ -217,6 +232,10 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     return EXIT.config;
   }
   const { config, dir } = loaded;
+  if (o.portFallback && config.http.enabled && config.http.port !== 0 && !(await portFree(config.http.host, config.http.port))) {
+    io.err(`keel: port ${config.http.port} is taken; serving /metrics and /healthz on a free port instead (shown in the live view)`);
+    config.http.port = 0;
+  }
   const level = (o.logLevel ?? config.log.level) as Parameters<typeof createLogger>[0];
   const logger = createLogger(level, o.logFd);
   const clock = new SystemClock();
@@ -247,7 +266,7 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     if (o.durationS) setTimeout(() => resolve('duration'), o.durationS * 1000).unref();
     // The reader of the live view went away (`keel demo --json | head -1`): stop as for a
     // signal, safe state first, instead of writing into a closed pipe.
-    if (o.live !== 'none') (o.live === 'json' ? process.stdout : process.stderr).once('error', () => resolve('output closed'));
+    if (o.live !== 'none') (o.logFd === 2 ? process.stdout : process.stderr).once('error', () => resolve('output closed'));
   });
   try {
     await runtime.start();
@@ -257,7 +276,12 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     io.err(`keel: cannot start: ${asError(err).message}`);
     return err instanceof KeelError && err.code === 'KEEL_E_CONFIG' ? EXIT.config : EXIT.failure;
   }
-  if (o.live !== 'none') view = new LiveView(runtime, { json: o.live === 'json', write: o.live === 'json' ? io.out : io.err, tty: io.isTTY, title: config.device.name });
+  // The live view takes whichever stream the logs do not use: stdout for the demo (logs on
+  // stderr), stderr for `run --live` (JSON logs on stdout).
+  if (o.live !== 'none') {
+    const toStdout = o.logFd === 2;
+    view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name });
+  }
   view?.start();
   const reason = await stopped;
   view?.stop();
@@ -291,7 +315,7 @@ async function cmdDemo(args: string[], io: Io): Promise<number> {
   if (values.help) return io.out(HELP.demo), EXIT.ok;
   if (positionals.length) throw usageError('demo takes no positional arguments', 'demo');
   return runConfig(
-    { file: (values.config as string | undefined) ?? DEMO_CONFIG, durationS: seconds(values.duration as string | undefined, 'demo'), logLevel: 'warn', live: values.json ? 'json' : 'tty', logFd: 2 },
+    { file: (values.config as string | undefined) ?? DEMO_CONFIG, durationS: seconds(values.duration as string | undefined, 'demo'), logLevel: 'warn', live: values.json ? 'json' : 'tty', logFd: 2, portFallback: true },
     io,
   );
 }
@@ -357,7 +381,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
 
 /** Entry point for bin/keel.js and `tsx runtime/cli.ts`: runs main on process.argv and sets the exit code. */
 export async function runCli(): Promise<void> {
-  const io: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n'), isTTY: Boolean(process.stderr.isTTY) };
+  const io: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n'), isTTY: Boolean(process.stderr.isTTY), outTTY: Boolean(process.stdout.isTTY) };
   // Writing to a pipe whose reader has gone (EPIPE) emits 'error' on the stream, which would
   // crash keel with a stack trace; output nobody reads is lost, nothing else (runConfig stops
   // a live view whose reader went away).

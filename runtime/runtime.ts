@@ -92,6 +92,8 @@ interface PipelineState {
   inferences: number;
   windowsDropped: number;
   decisions: number;
+  /** Actions applied (by rules and policy). */
+  actions: number;
   idle?: Promise<void>;
   resolveIdle?: () => void;
 }
@@ -101,7 +103,7 @@ export interface RuntimeSnapshot {
   uptimeMs: number;
   status: Health['status'];
   sources: { name: string; samples: number; dropped: number; reconnects: number; connected: boolean }[];
-  pipelines: { name: string; inferences: number; windowsDropped: number; p50Ms: number; p99Ms: number; decisions: number; active: string[] }[];
+  pipelines: { name: string; inferences: number; windowsDropped: number; p50Ms: number; p99Ms: number; decisions: number; actions: number; active: string[] }[];
   faults: number;
   activeFaults: string[];
 }
@@ -124,6 +126,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   private startedAt = 0;
   private faultCount = 0;
   private ended = new Set<string>();
+  private wired = false;
 
   private constructor(config: KeelConfig, deps: RuntimeDeps) {
     super();
@@ -189,6 +192,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         inferences: 0,
         windowsDropped: 0,
         decisions: 0,
+        actions: 0,
       });
     });
     for (const p of rt.pipelines) {
@@ -201,8 +205,9 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   async start(): Promise<void> {
     const { clock } = this.deps;
     this.startedAt = clock.monotonic();
-    for (const a of this.actuators.values()) await a.open();
-    for (const p of this.pipelines) if (p.policy) await p.policy.start();
+    this.wire();
+    // Bind the endpoint before touching any output: a taken port must fail before an
+    // actuator has been driven to its initial value.
     if (this.config.http.enabled && !this.deps.noHttp) {
       this.http = await startOpsServer(this.config.http.host, this.config.http.port, {
         metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metricsText() }),
@@ -210,6 +215,21 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       });
       this.log.info({ address: this.http.address }, 'ops endpoint listening (/metrics, /healthz)');
     }
+    for (const a of this.actuators.values()) await a.open();
+    for (const p of this.pipelines) if (p.policy) await p.policy.start();
+    this.watchdog.start(this.pipelines.map((p) => p.cfg.name));
+    for (const src of this.sources.values()) await src.start();
+    this.status = 'ok';
+    this.log.info(
+      { device: this.config.device.name, version: KEEL_VERSION, pipelines: this.pipelines.map((p) => ({ name: p.cfg.name, model: p.runner.info.path, sha256: p.runner.info.sha256 })) },
+      'keel running',
+    );
+  }
+
+  /** Subscribes to the watchdog, the safe-state controller and the sources (once). */
+  private wire(): void {
+    if (this.wired) return;
+    this.wired = true;
     this.watchdog.on('fault', (f: Fault) => this.onFault(f));
     this.safeState.on('safe', (f: Fault) => {
       this.metrics.safe.set(1);
@@ -240,13 +260,6 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         if (this.ended.size === this.sources.size) this.emit('idle');
       });
     }
-    this.watchdog.start(this.pipelines.map((p) => p.cfg.name));
-    for (const src of this.sources.values()) await src.start();
-    this.status = 'ok';
-    this.log.info(
-      { device: this.config.device.name, version: KEEL_VERSION, pipelines: this.pipelines.map((p) => ({ name: p.cfg.name, model: p.runner.info.path, sha256: p.runner.info.sha256 })) },
-      'keel running',
-    );
   }
 
   /**
@@ -256,6 +269,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   async stop(reason = 'shutdown'): Promise<void> {
     if (this.status === 'stopping') return;
     this.status = 'stopping';
+    this.wire();
     this.log.info({ reason }, 'stopping: driving the safe state first');
     await this.safeState.driveSafe(reason);
     this.watchdog.stop();
@@ -357,13 +371,13 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       this.metrics.decisions.inc({ pipeline: name, rule: ev.rule, state: ev.state });
       this.log.info({ pipeline: name, rule: ev.rule, state: ev.state, value: ev.value }, 'decision');
       this.emit('decision', ev);
-      await this.apply(ev.actions, { decision: ev.rule, pipeline: name, state: ev.state, time: new Date(t).toISOString(), value: ev.value, ...flatOutputs(outputs) }, `${name}/${ev.rule}`);
+      p.actions += await this.apply(ev.actions, { decision: ev.rule, pipeline: name, state: ev.state, time: new Date(t).toISOString(), value: ev.value, ...flatOutputs(outputs) }, `${name}/${ev.rule}`);
     }
     if (p.policy) {
       try {
         const res = await p.policy.decide({ ...decisionInput, states: p.rules.states() });
         this.metrics.policyCalls.inc({ pipeline: name, result: 'ok' });
-        if (res.actions?.length) await this.apply(res.actions, { pipeline: name, decision: 'policy', time: new Date(t).toISOString(), ...flatOutputs(outputs) }, `${name}/policy`);
+        if (res.actions?.length) p.actions += await this.apply(res.actions, { pipeline: name, decision: 'policy', time: new Date(t).toISOString(), ...flatOutputs(outputs) }, `${name}/policy`);
       } catch (err) {
         const e = asError(err);
         const reason = err instanceof PolicyCallError ? err.reason : 'threw';
@@ -377,12 +391,14 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
   }
 
   /** Applies actions in order; suppressed while the safe state holds. */
-  private async apply(actions: readonly ActionConfig[], context: ActionContext, origin: string): Promise<void> {
+  private async apply(actions: readonly ActionConfig[], context: ActionContext, origin: string): Promise<number> {
+    let applied = 0;
     for (const a of actions) {
       const t = this.deps.clock.now();
       try {
         // SafeState.apply re-drives the actuator safe if a fault lands while the write is in flight.
         const result = await this.safeState.apply(a, context);
+        if (result === 'applied') applied++;
         this.metrics.actions.inc({ actuator: a.actuator, result: result === 'applied' ? 'ok' : 'suppressed' });
         this.emit('action', { actuator: a.actuator, value: a.value, origin, result: result === 'applied' ? 'ok' : 'suppressed', t });
       } catch (err) {
@@ -393,6 +409,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         this.watchdog.report('actuator-failure', `${a.actuator}: ${e.message}`);
       }
     }
+    return applied;
   }
 
   private onFault(f: Fault): void {
@@ -450,6 +467,11 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     while (this.pipelines.some((p) => p.busy)) await Promise.all(this.pipelines.map((p) => p.idle));
   }
 
+  /** Address of the ops endpoint once started (host:port), if it is enabled. */
+  get opsAddress(): string | undefined {
+    return this.http?.address;
+  }
+
   /** Health for /healthz. */
   health(): Health {
     const h = this.safeState.health();
@@ -470,6 +492,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         p50Ms: p.latency.percentile(50),
         p99Ms: p.latency.percentile(99),
         decisions: p.decisions,
+        actions: p.actions,
         active: Object.entries(p.rules.states())
           .filter(([, v]) => v)
           .map(([k]) => k),

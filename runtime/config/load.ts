@@ -44,7 +44,7 @@ export function parseConfigText(text: string, name = 'config'): KeelConfig {
     try {
       raw = JSON.parse(text);
     } catch (err) {
-      throw new ConfigError([{ path: '', message: `not valid JSON: ${(err as Error).message}` }], name);
+      throw new ConfigError([{ path: '', message: `not valid JSON: ${jsonErrorWhere(text, (err as Error).message)}` }], name);
     }
   } else {
     const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
@@ -57,6 +57,16 @@ export function parseConfigText(text: string, name = 'config'): KeelConfig {
     raw = doc.toJS({ maxAliasCount: 100 });
   }
   return validateConfig(raw, name);
+}
+
+/** Node's JSON.parse message on one line, with the line and column of the position it names. */
+function jsonErrorWhere(text: string, message: string): string {
+  const flat = message.replace(/\r?\n/g, '\\n');
+  const short = flat.length > 200 ? `${flat.slice(0, 200)}...` : flat;
+  const m = /position (\d+)/.exec(message);
+  if (!m) return short;
+  const before = text.slice(0, Number(m[1]));
+  return `${short} (line ${before.split('\n').length}, column ${Number(m[1]) - before.lastIndexOf('\n')})`;
 }
 
 function linePos(e: YAMLError): string {
@@ -272,7 +282,7 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
       const dynamic = fed.shape.filter((d) => d === -1).length;
       if (dynamic > 1) add(`${at}.model.inputs.${m.input}.shape`, 'at most one dynamic (-1) dimension can be inferred from the window');
       else if (dynamic === 0 && fixed !== elements) {
-        add(`${at}.model.inputs.${m.input}.shape`, `[${fed.shape.join(', ')}] holds ${fixed} values but the window gives ${elements} (${p.window.channels.length} channels x ${len})`);
+        add(`${at}.model.inputs.${m.input}.shape`, `[${fed.shape.join(', ')}] holds ${fixed} values but the window gives ${elements} (${p.window.channels.length} channel${p.window.channels.length === 1 ? '' : 's'} x ${len})`);
       } else if (dynamic === 1 && (fixed === 0 || elements % fixed !== 0)) {
         add(`${at}.model.inputs.${m.input}.shape`, `[${fed.shape.join(', ')}] cannot hold the window's ${elements} values`);
       }

@@ -75,13 +75,14 @@ export class LiveView {
       );
     } else {
       const out: string[] = [];
-      out.push(`keel ${this.o.title}  up ${(snap.uptimeMs / 1000).toFixed(0)}s  status ${snap.status.toUpperCase()}  faults ${snap.faults}${snap.activeFaults.length ? ` (active: ${snap.activeFaults.join(', ')})` : ''}${final ? '  [stopped]' : ''}`);
+      const ops = this.rt.opsAddress ? `  http://${this.rt.opsAddress}/metrics` : '';
+      out.push(`keel ${this.o.title}  up ${(snap.uptimeMs / 1000).toFixed(0)}s  status ${snap.status.toUpperCase()}  faults ${snap.faults}${snap.activeFaults.length ? ` (active: ${snap.activeFaults.join(', ')})` : ''}${final ? '  [stopped]' : ops}`);
       for (const s of snap.sources) {
         out.push(`  source   ${pad(s.name, 12)} ${pad(rate(s.name, s.samples).toFixed(1) + ' Hz', 11)} samples ${s.samples}  dropped ${s.dropped}  reconnects ${s.reconnects}${s.connected ? '' : '  DISCONNECTED'}`);
       }
       for (const p of snap.pipelines) {
         out.push(
-          `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  dropped ${p.windowsDropped}  decisions ${p.decisions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
+          `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  dropped ${p.windowsDropped}  decisions ${p.decisions}  actions ${p.actions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
         );
       }
       for (const r of this.recent) out.push(`  ${r}`);

@@ -25,7 +25,7 @@ const PACKAGE_VERSION = (JSON.parse(readFileSync(path.join(ROOT, 'package.json')
 async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n'), isTTY: false });
+  const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n'), isTTY: false, outTTY: false });
   return { code, out, err };
 }
 
