@@ -94,6 +94,8 @@ interface PipelineState {
   decisions: number;
   /** Actions applied (by rules and policy). */
   actions: number;
+  /** Whether any rule or the policy reads sensor values (else they are not gathered per window). */
+  usesSensors: boolean;
   idle?: Promise<void>;
   resolveIdle?: () => void;
 }
@@ -193,6 +195,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         windowsDropped: 0,
         decisions: 0,
         actions: 0,
+        usesSensors: p.policy !== undefined || p.rules.some((r) => r.when.sensor !== undefined),
       });
     });
     for (const p of rt.pipelines) {
@@ -364,7 +367,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     p.m.seconds.observe(ms / 1000);
     if (this.listenerCount('inference') > 0) this.emit('inference', { pipeline: name, t, ms, outputs, modelSha256: p.runner.info.sha256, input });
 
-    const decisionInput = { pipeline: name, t, outputs, sensors: this.sensorValues() };
+    const decisionInput = { pipeline: name, t, outputs, sensors: p.usesSensors ? this.sensorValues() : NO_SENSORS };
     const events = p.rules.evaluate(decisionInput);
     for (const ev of events) {
       p.decisions++;
@@ -450,7 +453,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     if (frame.channels !== p.cfg.window.channels.length || frame.length !== p.cfg.window.size || frame.data.length !== want) {
       throw new RangeError(`frame: expected ${p.cfg.window.channels.length} channels x ${p.cfg.window.size} samples`);
     }
-    await this.settled();
+    if (p.busy) await this.settled();
     p.busy = true;
     p.idle = new Promise((r) => (p.resolveIdle = r));
     try {
@@ -506,6 +509,8 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     return this.metrics.text();
   }
 }
+
+const NO_SENSORS: Record<string, number> = Object.freeze({}) as Record<string, number>;
 
 /** Element count of each fetched output; NaN where the model leaves the size open. */
 function outputSizes(runner: ModelRunner): Record<string, number> {
