@@ -15,7 +15,7 @@ import { ConfigError, KeelError, ModelError, PolicyError, asError, type ConfigIs
 import { ModelRunner } from './inference.ts';
 import { createLogger } from './ops/log.ts';
 import { LiveView } from './ops/live-view.ts';
-import { KEEL_VERSION, Runtime, inputElements } from './runtime.ts';
+import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 
 /** Process exit codes. */
@@ -177,6 +177,7 @@ async function checkAll(file: string, loadModels: boolean): Promise<{ loaded?: L
       config.pipelines.map(async (p, i) => {
         try {
           const runner = await ModelRunner.load(p.model, dir, `pipelines[${i}].model`, inputElements(p));
+          issues.push(...ruleIssues(p, runner, i));
           await runner.release();
         } catch (err) {
           if (err instanceof ModelError) issues.push(...(err.issues.length ? err.issues : [{ path: `pipelines[${i}].model`, message: err.message }]));

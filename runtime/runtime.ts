@@ -78,7 +78,6 @@ export interface RuntimeEvents {
 
 interface PipelineState {
   cfg: PipelineConfig;
-  index: number;
   windower: Windower;
   runner: ModelRunner;
   rules: RuleEngine;
@@ -174,11 +173,16 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       await Promise.all(loaded.map((r) => (r.status === 'fulfilled' ? r.value.release() : undefined)));
       throw new ModelError('KEEL_E_MODEL_IO', `cannot load the models:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
     }
+    const runners = loaded.map((r) => (r as PromiseFulfilledResult<ModelRunner>).value);
+    const ruleProblems = config.pipelines.flatMap((p, i) => ruleIssues(p, runners[i], i));
+    if (ruleProblems.length > 0) {
+      await Promise.all(runners.map((r) => r.release()));
+      throw new ModelError('KEEL_E_MODEL_IO', `rules do not fit the models:\n${ruleProblems.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues: ruleProblems });
+    }
     config.pipelines.forEach((p, i) => {
-      const runner = (loaded[i] as PromiseFulfilledResult<ModelRunner>).value;
+      const runner = runners[i];
       rt.pipelines.push({
         cfg: p,
-        index: i,
         windower: new Windower(p.window.channels, p.window.size, p.window.hop ?? p.window.size),
         runner,
         rules: new RuleEngine(p.rules, { clock: deps.clock, outputSizes: outputSizes(runner), onIssue: (i) => deps.logger.warn({ pipeline: p.name, issue: i }, 'rule problem') }),
@@ -204,7 +208,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     return rt;
   }
 
-  /** Opens actuators (initial values), the HTTP endpoint, policy workers, then the sources. */
+  /** Binds the HTTP endpoint, opens actuators (initial values) and policy workers, then starts the sources. */
   async start(): Promise<void> {
     const { clock } = this.deps;
     this.startedAt = clock.monotonic();
@@ -507,6 +511,27 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
 
   private async metricsText(): Promise<string> {
     return this.metrics.text();
+  }
+}
+
+/**
+ * Problems of a pipeline's rules against its loaded model (an output that does not exist,
+ * an index past its end, labels that do not match its size), with config paths.
+ */
+export function ruleIssues(p: PipelineConfig, runner: ModelRunner, index: number): ConfigIssue[] {
+  try {
+    new RuleEngine(p.rules, { clock: { now: () => 0 } as unknown as Clock, outputSizes: outputSizes(runner) });
+    return [];
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;
+    return err.message
+      .split('\n')
+      .slice(1)
+      .map((line) => {
+        const text = line.trim();
+        const cut = text.indexOf(': ');
+        return { path: `pipelines[${index}].${text.slice(0, cut)}`, message: text.slice(cut + 2) };
+      });
   }
 }
 
