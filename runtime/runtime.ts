@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { ActionContext, Actuator, Sample, SensorSource } from '../drivers/types.ts';
+import type { ActionContext, Actuator, ActuatorValue, Sample, SensorSource } from '../drivers/types.ts';
 import { createActuator, createSource, type DriverDeps } from '../drivers/index.ts';
 import type { Clock } from './clock.ts';
 import type { ActionConfig, KeelConfig, PipelineConfig } from './config/schema.ts';
@@ -105,6 +105,8 @@ export interface RuntimeSnapshot {
   status: Health['status'];
   sources: { name: string; samples: number; dropped: number; reconnects: number; connected: boolean }[];
   pipelines: { name: string; inferences: number; windowsDropped: number; p50Ms: number; p99Ms: number; decisions: number; actions: number; active: string[] }[];
+  /** Last value written to each actuator (undefined before the first write). */
+  actuators: { name: string; value: ActuatorValue | undefined }[];
   faults: number;
   activeFaults: string[];
 }
@@ -504,6 +506,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
           .filter(([, v]) => v)
           .map(([k]) => k),
       })),
+      actuators: [...this.actuators].map(([name, a]) => ({ name, value: a.current() })),
       faults: this.faultCount,
       activeFaults: this.safeState.health().activeFaults?.map((f: Fault) => f.kind) ?? [],
     };

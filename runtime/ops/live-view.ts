@@ -85,6 +85,7 @@ export class LiveView {
           `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  dropped ${p.windowsDropped}  decisions ${p.decisions}  actions ${p.actions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
         );
       }
+      if (snap.actuators.length) out.push(`  outputs  ${snap.actuators.map((a) => `${a.name}=${a.value === undefined ? '-' : String(a.value).trim()}`).join('  ')}`);
       for (const r of this.recent) out.push(`  ${r}`);
       if (this.o.tty && this.lines > 0 && !final) this.o.write(`\x1b[${this.lines}A\x1b[J` + out.join('\n'));
       else this.o.write(out.join('\n'));
