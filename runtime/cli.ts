@@ -2,7 +2,7 @@
  * The `keel` command line. Subcommands with `--help`; human output on a terminal and JSON
  * with `--json`; distinct exit codes (see EXIT).
  */
-import { statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import { createLogger } from './ops/log.ts';
 import { LiveView } from './ops/live-view.ts';
 import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
+import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
 
 /** Process exit codes. */
 export const EXIT = {
@@ -54,6 +55,9 @@ Commands:
   check <config>    validate a configuration and its models without starting anything
   demo              run the bundled robot demo on simulated sensors and GPIO
   schema            print the configuration's JSON Schema (for editors)
+  keygen            create a device key (Ed25519, mode 0600)
+  id                print a device key's verifier key (name+keyid+base64)
+  log <sub> <dir>   the signed ledger: append, checkpoint, proof, consistency, export, verify, tail
   version           print the version
 
 Run 'keel <command> --help' for a command's options.
@@ -97,6 +101,23 @@ Options:
   -o, --out <file>     write to a file instead of stdout
   -h, --help           show this help`,
   version: 'Usage: keel version',
+  keygen: `Usage: keel keygen --out <file> [--name <origin>]
+
+Creates an Ed25519 device key (PEM PKCS#8, mode 0600; never overwrites) and prints its
+verifier key. --name sets the checkpoint origin (default keel-device).`,
+  id: `Usage: keel id --key <file> [--name <origin>]
+
+Prints the verifier key of a device key in C2SP signed-note form: name+keyid+base64(0x01||key).`,
+  log: `Usage: keel log <subcommand> <dir> [options]
+
+  append <dir> --key <file>        append JSON objects read as lines from stdin (as "event"
+                                   records); all lines are checked first; prints the new size
+  checkpoint <dir> [--key <file>]  print the latest signed checkpoint (with --key: sign a new one)
+  proof <dir> --index <i>          C2SP tlog-proof for record i against the latest checkpoint
+  consistency <dir> --from <m>     tlog-witness add-checkpoint body from size m to the latest
+  export <dir> --out <outdir>      write <outdir>/checkpoint and <outdir>/records.jsonl
+  verify <dir> [--key <vkey>]      re-verify every record, the tree and the checkpoint
+  tail <dir> [-n N] [--json]       show the last N records (default 10)`,
 };
 
 function usageError(msg: string, cmd: string): KeelError & { cmd: string } {
@@ -360,6 +381,33 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return await cmdDemo(rest, io);
       case 'schema':
         return cmdSchema(rest, io);
+      case 'keygen':
+      case 'id':
+      case 'log': {
+        const { values, positionals } = parse(cmd, rest, {
+          out: { type: 'string', short: 'o' },
+          name: { type: 'string' },
+          key: { type: 'string', short: 'k' },
+          index: { type: 'string' },
+          from: { type: 'string' },
+          json: { type: 'boolean' },
+          n: { type: 'string', short: 'n' },
+        });
+        if (values.help) return io.out(HELP[cmd]), EXIT.ok;
+        const logIo = { ...io, stdin: () => readFileSync(0, 'utf8') };
+        try {
+          if (cmd === 'keygen') return cmdKeygen(values, logIo);
+          if (cmd === 'id') return cmdId(values, logIo);
+          return await cmdLog(positionals[0], positionals[1], values, logIo);
+        } catch (err) {
+          if (err instanceof KeelError && err.code === 'KEEL_E_USAGE') throw Object.assign(err, { cmd });
+          if (err instanceof RangeError) {
+            io.err(`keel: ${err.message}`);
+            return EXIT.usage;
+          }
+          throw err;
+        }
+      }
       default:
         throw usageError(`unknown command "${cmd}"`, 'main');
     }

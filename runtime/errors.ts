@@ -20,7 +20,18 @@ export type KeelErrorCode =
   | 'KEEL_E_POLICY'            // policy module failed to load, threw, or ran too long
   | 'KEEL_E_ACTUATOR'          // an actuator could not be driven
   | 'KEEL_E_SAFETY'            // watchdog fault
-  | 'KEEL_E_USAGE';            // CLI misuse
+  | 'KEEL_E_USAGE'             // CLI misuse
+  | 'KEEL_E_LEDGER_FORMAT'     // a ledger format (checkpoint, signed note, proof, witness body) is malformed
+  | 'KEEL_E_LEDGER_VERIFY'     // a well-formed signature or proof does not verify
+  | 'KEEL_E_KEY'               // a key file is missing, unreadable, exposed, malformed or of the wrong type
+  | 'KEEL_E_LEDGER_CORRUPT'    // a stored ledger record, index entry or hash fails its checks (names index and file)
+  | 'KEEL_E_LEDGER_FULL'       // the ledger store hit its disk bound or the disk is full (retryable)
+  | 'KEEL_E_LEDGER_IO'         // the ledger store's files failed (fsync, EIO); it refuses writes until reopened
+  | 'KEEL_E_LEDGER_PRUNED'     // a ledger record was pruned (its hashes are kept, its bytes are not)
+  | 'KEEL_E_LEDGER_LOCKED'     // the ledger store is open for writing by another live process
+  | 'KEEL_E_LEDGER_CLOSED'     // the ledger store was closed
+  | 'KEEL_E_LEDGER_READONLY'   // the ledger store was opened read-only (repair: false)
+  | 'KEEL_E_LEDGER_DIR';       // no ledger store in the directory, a foreign directory, or a newer format
 
 /** Root of every error keel raises on purpose. */
 export class KeelError extends Error {

@@ -31,6 +31,8 @@ export interface KeelOptions {
   timeoutMs?: number;
   /** Run `bin/keel.js` (the installed `keel` command) instead of `runtime/cli.ts`. */
   bin?: boolean;
+  /** Text written to the child's stdin (then closed); default: no stdin. */
+  stdin?: string;
 }
 
 const live = new Set<ChildProcess>();
@@ -57,7 +59,8 @@ export class KeelProcess {
 
   constructor(args: string[], o: KeelOptions = {}) {
     const entry = o.bin ? ['bin/keel.js'] : ['--import', 'tsx', 'runtime/cli.ts'];
-    this.child = spawn(process.execPath, [...entry, ...args], { cwd: ROOT, env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(process.execPath, [...entry, ...args], { cwd: ROOT, env: env(), stdio: [o.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    if (o.stdin !== undefined) this.child.stdin!.end(o.stdin);
     live.add(this.child);
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       this.stdout += d;
