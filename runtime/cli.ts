@@ -18,6 +18,8 @@ import { LiveView } from './ops/live-view.ts';
 import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
+import { loadKeyFile } from './ledger/keys.ts';
+import { LedgerRecorder } from './ledger/recorder.ts';
 
 /** Process exit codes. */
 export const EXIT = {
@@ -170,6 +172,13 @@ function fileIssues(config: KeelConfig, dir: string): ConfigIssue[] {
       issues.push({ path: `sources[${i}].file`, message: `cannot read ${abs}: ${why} (a relative path resolves against the config file's directory)` });
     }
   });
+  if (config.ledger) {
+    try {
+      loadKeyFile(path.resolve(dir, config.ledger.key));
+    } catch (err) {
+      issues.push({ path: 'ledger.key', message: `${asError(err).message} (create one with: keel keygen --out ${config.ledger.key})` });
+    }
+  }
   config.pipelines.forEach((p, i) => {
     if (!p.policy) return;
     try {
@@ -272,6 +281,18 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     }
     throw err;
   }
+  let recorder: LedgerRecorder | undefined;
+  if (config.ledger) {
+    try {
+      const key = loadKeyFile(path.resolve(dir, config.ledger.key));
+      recorder = await LedgerRecorder.open(config.ledger, key, config.device.name, path.resolve(dir, config.ledger.dir), clock, logger);
+      recorder.attach(runtime, readFileSync(o.file));
+    } catch (err) {
+      await runtime.stop('ledger unavailable').catch(() => undefined);
+      io.err(`keel: cannot open the ledger: ${asError(err).message}`);
+      return EXIT.failure;
+    }
+  }
   let view: LiveView | undefined;
   const stopped = new Promise<string>((resolve) => {
     let signals = 0;
@@ -295,6 +316,7 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   } catch (err) {
     logger.error({ err: asError(err).message, code: (err as KeelError).code }, 'start failed');
     await runtime.stop('start failed').catch(() => undefined);
+    await recorder?.close().catch(() => undefined);
     io.err(`keel: cannot start: ${asError(err).message}`);
     return err instanceof KeelError && err.code === 'KEEL_E_CONFIG' ? EXIT.config : EXIT.failure;
   }
@@ -308,6 +330,8 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   const reason = await stopped;
   view?.stop();
   await runtime.stop(reason);
+  // After the runtime stopped (safe state recorded): final flush, checkpoint, close.
+  await recorder?.close();
   // The last line of a clean run: tells a supervisor's log a clean stop from a crash.
   logger.info({ reason }, 'keel stopped');
   view?.final();

@@ -24,8 +24,8 @@ import { Windower, windowToInput } from './pipeline/window.ts';
 import type { Frame } from './pipeline/transforms.ts';
 import { SafeState, Watchdog, type Fault } from './safety.ts';
 
-/** keel's version, recorded in logs and (later) in inference receipts. */
-export const KEEL_VERSION = '0.1.0';
+export { KEEL_VERSION } from './version.ts';
+import { KEEL_VERSION } from './version.ts';
 
 /** The IO capabilities a runtime is built with. */
 export interface RuntimeDeps extends DriverDeps {
@@ -52,6 +52,11 @@ export interface InferenceEvent {
   modelSha256: string;
   /** The exact values fed to the window input (after transforms), for receipts. */
   input: Float32Array;
+  /** Name and dims of the window input tensor. */
+  inputName: string;
+  inputDims: number[];
+  /** Outputs that are recurrent state (fed back), which receipts leave out. */
+  stateOutputs: readonly string[];
 }
 
 /** An action the runtime applied (or refused, or failed to apply). */
@@ -95,6 +100,7 @@ interface PipelineState {
   actions: number;
   /** Whether any rule or the policy reads sensor values (else they are not gathered per window). */
   usesSensors: boolean;
+  stateOutputs: string[];
   idle?: Promise<void>;
   resolveIdle?: () => void;
 }
@@ -202,6 +208,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         decisions: 0,
         actions: 0,
         usesSensors: p.policy !== undefined || p.rules.some((r) => r.when.sensor !== undefined),
+        stateOutputs: (p.model.state ?? []).map((st) => st.output),
       });
     });
     for (const p of rt.pipelines) {
@@ -371,7 +378,19 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     p.inferences++;
     p.m.inferences.inc();
     p.m.seconds.observe(ms / 1000);
-    if (this.listenerCount('inference') > 0) this.emit('inference', { pipeline: name, t, ms, outputs, modelSha256: p.runner.info.sha256, input });
+    if (this.listenerCount('inference') > 0) {
+      this.emit('inference', {
+        pipeline: name,
+        t,
+        ms,
+        outputs,
+        modelSha256: p.runner.info.sha256,
+        input,
+        inputName: p.cfg.model.input,
+        inputDims: p.runner.inputDims(input.length),
+        stateOutputs: p.stateOutputs,
+      });
+    }
 
     const decisionInput = { pipeline: name, t, outputs, sensors: p.usesSensors ? this.sensorValues() : NO_SENSORS };
     const events = p.rules.evaluate(decisionInput);

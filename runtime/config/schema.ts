@@ -392,6 +392,25 @@ const Http = Type.Object(
   Strict,
 );
 
+const LedgerSection = Type.Object(
+  {
+    dir: Type.String({ minLength: 1, description: 'ledger directory, relative to the config file' }),
+    key: Type.String({ minLength: 1, description: 'device key file (keel keygen), mode 0600' }),
+    origin: Type.Optional(Type.String({ minLength: 1, description: 'checkpoint origin (default: the key file name line, else device.name)' })),
+    durability: Type.Union([Type.Literal('batch'), Type.Literal('interval')], {
+      default: 'batch',
+      description: 'batch: each flush of buffered records is fsynced before it counts; interval: fsync at most intervalMs later',
+    }),
+    flushMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200, description: 'buffered records are appended at least this often' }),
+    intervalMs: Type.Integer({ minimum: 1, maximum: 3_600_000, default: 1000 }),
+    checkpointEveryRecords: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 1000 }),
+    checkpointEveryMs: Type.Integer({ minimum: 100, maximum: 86_400_000, default: 60_000 }),
+    maxBytes: Type.Optional(Type.Integer({ minimum: 1_048_576, description: 'disk bound of the ledger, bytes' })),
+    maxBuffered: Type.Integer({ minimum: 16, maximum: 10_000_000, default: 100_000, description: 'records held in memory while the disk is failing; beyond it the oldest are dropped and a gap record says so' }),
+  },
+  { ...Strict, description: 'the signed, append-only log of every inference, decision, action and fault' },
+);
+
 /** The whole configuration file. */
 export const ConfigSchema = Type.Object(
   {
@@ -409,6 +428,7 @@ export const ConfigSchema = Type.Object(
     pipelines: Type.Array(Pipeline, { minItems: 1 }),
     safety: Type.Object(Safety.properties, { ...Strict, default: {} }),
     http: Type.Object(Http.properties, { ...Strict, default: {} }),
+    ledger: Type.Optional(LedgerSection),
     log: Type.Object(
       { level: Type.Union(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }) },
       { ...Strict, default: {} },
@@ -438,6 +458,7 @@ export type ActionConfig = RuleConfig['onEnter'][number];
 export type PolicyConfig = NonNullable<PipelineConfig['policy']>;
 export type SafetyConfig = KeelConfig['safety'];
 export type ReconnectConfig = Static<typeof Reconnect>;
+export type LedgerConfig = Static<typeof LedgerSection>;
 
 /**
  * The JSON Schema as published (docs/keel.schema.json) and as the loader validates with:

@@ -1,0 +1,199 @@
+/**
+ * Records what a running runtime sees and does into its ledger, without ever making the
+ * pipeline wait: events become records in a bounded in-memory buffer, appended in batches
+ * every `flushMs` (one fsync per batch in `batch` durability), and checkpoints are signed
+ * every `checkpointEveryRecords` records or `checkpointEveryMs`, and at shutdown.
+ *
+ * A failing disk (full, read-only, IO errors) never stops sensing or acting: the failure is
+ * logged and counted, the buffer keeps the records (up to `maxBuffered`), appends are
+ * retried on the next flush, and if the buffer must drop its oldest records a `gap` record
+ * written afterwards says how many, over which time span, and why. Nothing vanishes silently.
+ */
+import { createHash } from 'node:crypto';
+import * as ort from 'onnxruntime-node';
+import type { Logger } from 'pino';
+import type { Clock, TimerHandle } from '../clock.ts';
+import type { LedgerConfig } from '../config/schema.ts';
+import { asError } from '../errors.ts';
+import type { Runtime } from '../runtime.ts';
+import { KEEL_VERSION } from '../version.ts';
+import { Ledger, type RecordInput } from './ledger.ts';
+import { tensorDigest } from './records.ts';
+
+/** What the recorder needs besides the ledger. */
+export interface RecorderOptions {
+  clock: Clock;
+  logger: Logger;
+  flushMs: number;
+  checkpointEveryRecords: number;
+  checkpointEveryMs: number;
+  maxBuffered: number;
+}
+
+/** Counters for /metrics and the live view. */
+export interface RecorderStats {
+  appended: number;
+  buffered: number;
+  dropped: number;
+  failures: number;
+  checkpoints: number;
+  lastError?: string;
+}
+
+/** Subscribes to a runtime and writes its ledger. */
+export class LedgerRecorder {
+  readonly ledger: Ledger;
+  private readonly o: RecorderOptions;
+  private buffer: RecordInput[] = [];
+  private flushTimer?: TimerHandle;
+  private checkpointTimer?: TimerHandle;
+  private flushing?: Promise<void>;
+  private sinceCheckpoint = 0;
+  private dropped = { count: 0, from: 0, to: 0, reason: '' };
+  private readonly counters: RecorderStats = { appended: 0, buffered: 0, dropped: 0, failures: 0, checkpoints: 0 };
+  private closed = false;
+
+  constructor(ledger: Ledger, o: RecorderOptions) {
+    this.ledger = ledger;
+    this.o = o;
+  }
+
+  /** Opens the ledger a config section describes (paths relative to `baseDir`). */
+  static async open(cfg: LedgerConfig, key: import('./keys.ts').DeviceKey, deviceName: string, dir: string, clock: Clock, logger: Logger): Promise<LedgerRecorder> {
+    const ledger = await Ledger.open(dir, {
+      key,
+      origin: cfg.origin ?? key.name ?? deviceName,
+      durability: cfg.durability,
+      intervalMs: cfg.intervalMs,
+      maxBytes: cfg.maxBytes,
+      clock,
+    });
+    return new LedgerRecorder(ledger, {
+      clock,
+      logger,
+      flushMs: cfg.flushMs,
+      checkpointEveryRecords: cfg.checkpointEveryRecords,
+      checkpointEveryMs: cfg.checkpointEveryMs,
+      maxBuffered: cfg.maxBuffered,
+    });
+  }
+
+  /** Subscribes to every event of `rt` and starts the flush and checkpoint timers. */
+  attach(rt: Runtime, configBytes?: Uint8Array): void {
+    if (configBytes) {
+      this.add('config', { device: rt.config.device.name, sha256: createHash('sha256').update(configBytes).digest('hex') });
+    }
+    this.add('event', { event: 'start', keel: KEEL_VERSION, onnxruntime: ort.env.versions.common });
+    rt.on('inference', (e) => {
+      const outputs: Record<string, number[]> = {};
+      for (const [k, v] of Object.entries(e.outputs)) if (!e.stateOutputs.includes(k)) outputs[k] = Array.from(v);
+      this.add(
+        'inference',
+        {
+          pipeline: e.pipeline,
+          model: { sha256: e.modelSha256 },
+          inputs: { [e.inputName]: tensorDigest('float32', e.inputDims, e.input) },
+          outputs,
+          ms: Math.round(e.ms * 1000) / 1000,
+          runtime: { keel: KEEL_VERSION, onnxruntime: ort.env.versions.common },
+        },
+        e.t,
+      );
+    });
+    rt.on('decision', (d) => this.add('decision', { pipeline: d.pipeline, rule: d.rule, state: d.state, ...(d.value !== undefined && Number.isFinite(d.value) ? { value: d.value } : {}) }, d.t));
+    rt.on('action', (a) => this.add('action', { actuator: a.actuator, value: a.value, origin: a.origin, result: a.result, ...(a.error ? { error: a.error } : {}) }, a.t));
+    rt.on('fault', (f) => this.add('fault', { fault: f.kind, detail: f.detail, ...(f.pipeline ? { pipeline: f.pipeline } : {}) }, f.t));
+    rt.on('safe', (f) => this.add('event', { event: 'safe', reason: f.kind, detail: f.detail }));
+    rt.on('recovered', () => this.add('event', { event: 'recovered' }));
+    this.flushTimer = this.o.clock.setInterval('ledger:flush', () => void this.flush(), this.o.flushMs);
+    this.checkpointTimer = this.o.clock.setInterval('ledger:checkpoint', () => void this.checkpoint(), this.o.checkpointEveryMs);
+  }
+
+  /** Queues one record; never blocks and never throws (the caller is the pipeline). */
+  add(kind: RecordInput['kind'], body: Record<string, unknown>, t = this.o.clock.now()): void {
+    if (this.closed) return;
+    this.buffer.push({ kind, body, t });
+    this.trim();
+  }
+
+  /** Drops the oldest buffered records beyond `maxBuffered`, remembering them for the gap record. */
+  private trim(): void {
+    while (this.buffer.length > this.o.maxBuffered) {
+      const old = this.buffer.shift()!;
+      const t = old.t ?? this.o.clock.now();
+      if (this.dropped.count === 0) {
+        this.dropped.from = t;
+        this.dropped.reason = this.counters.lastError ? `ledger appends failing: ${this.counters.lastError}` : 'buffer full';
+      }
+      this.dropped.count++;
+      this.dropped.to = t;
+      this.counters.dropped++;
+    }
+  }
+
+  /** Appends everything buffered (one batch); on failure keeps it for the next try. */
+  flush(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    this.flushing = this.doFlush().finally(() => (this.flushing = undefined));
+    return this.flushing;
+  }
+
+  private async doFlush(): Promise<void> {
+    if (this.buffer.length === 0 && this.dropped.count === 0) return;
+    const records = this.buffer;
+    this.buffer = [];
+    const gap = { ...this.dropped };
+    // The gap record goes first: it says, in the log itself, what was dropped before these.
+    const batch: RecordInput[] =
+      gap.count > 0 ? [{ kind: 'gap', body: { dropped: gap.count, fromT: gap.from, toT: gap.to, reason: gap.reason }, t: this.o.clock.now() }, ...records] : records;
+    try {
+      await this.ledger.appendBatch(batch);
+      if (gap.count > 0) {
+        // Drops that happened while this batch was being written stay for the next gap record.
+        this.dropped.count -= gap.count;
+        if (this.dropped.count <= 0) this.dropped = { count: 0, from: 0, to: 0, reason: '' };
+      }
+      this.counters.appended += batch.length;
+      this.sinceCheckpoint += batch.length;
+      this.counters.lastError = undefined;
+      if (this.sinceCheckpoint >= this.o.checkpointEveryRecords) await this.checkpoint();
+    } catch (err) {
+      this.counters.failures++;
+      this.counters.lastError = asError(err).message;
+      // Put the records back in front; those that arrived meanwhile stay after them.
+      this.buffer = records.concat(this.buffer);
+      this.trim();
+      this.o.logger.error({ err: this.counters.lastError, buffered: this.buffer.length }, 'ledger append failed; records kept in memory and retried');
+    }
+  }
+
+  /** Signs a checkpoint of what is appended (if anything new). */
+  async checkpoint(): Promise<void> {
+    try {
+      await this.ledger.checkpoint();
+      this.sinceCheckpoint = 0;
+      this.counters.checkpoints++;
+    } catch (err) {
+      this.counters.failures++;
+      this.counters.lastError = asError(err).message;
+      this.o.logger.error({ err: this.counters.lastError }, 'ledger checkpoint failed');
+    }
+  }
+
+  /** Counters. */
+  stats(): RecorderStats {
+    return { ...this.counters, buffered: this.buffer.length };
+  }
+
+  /** Final flush and checkpoint, then closes the ledger (call after the runtime stopped). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.o.clock.cancel(this.flushTimer);
+    this.o.clock.cancel(this.checkpointTimer);
+    this.add('event', { event: 'stop' });
+    this.closed = true;
+    await this.flush();
+    await this.checkpoint();
+    await this.ledger.close();
+  }
+}
