@@ -10,7 +10,8 @@
  * Every shipped model is measured, plus a third-party model (Silero VAD) when installed.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
@@ -24,6 +25,8 @@ import { loadConfigFile } from '../runtime/config/load.ts';
 import type { KeelConfig, PipelineConfig } from '../runtime/config/schema.ts';
 import { Runtime } from '../runtime/runtime.ts';
 import { windowToInput } from '../runtime/pipeline/window.ts';
+import { generateKeyFile } from '../runtime/ledger/keys.ts';
+import { LedgerRecorder } from '../runtime/ledger/recorder.ts';
 import { percentile, result, type BenchOptions, type BenchResult } from './lib.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -57,6 +60,7 @@ interface Harness {
   p: PipelineConfig;
   stopwatch: StopwatchActuator;
   hop: number;
+  recorder?: LedgerRecorder;
 }
 
 /**
@@ -64,7 +68,7 @@ interface Harness {
  * every window (for latency: every window then ends in an actuator write); without it the
  * pipeline keeps only the example's own rules, which fire rarely, as in the field.
  */
-async function harness(file: string, toggle: boolean): Promise<Harness> {
+async function harness(file: string, toggle: boolean, ledgerDir?: string): Promise<Harness> {
   const { config, dir } = loadConfigFile(path.join(ROOT, file));
   const p = config.pipelines[0];
   const clock = new SystemClock();
@@ -96,8 +100,15 @@ async function harness(file: string, toggle: boolean): Promise<Harness> {
     actuators: { bench_stopwatch: stopwatch },
     noHttp: true,
   });
+  let recorder: LedgerRecorder | undefined;
+  if (ledgerDir) {
+    const key = generateKeyFile(path.join(ledgerDir, 'bench.key'), { name: 'bench.example/device' });
+    const ledgerCfg = { dir: ledgerDir, key: 'bench.key', durability: 'batch' as const, flushMs: 200, intervalMs: 1000, checkpointEveryRecords: 10_000, checkpointEveryMs: 60_000, maxBuffered: 1_000_000 };
+    recorder = await LedgerRecorder.open(ledgerCfg, key, 'bench', path.join(ledgerDir, 'ledger'), clock, pino({ level: 'silent' }));
+    recorder.attach(rt);
+  }
   await rt.start();
-  return { rt, push, p: cfg.pipelines[0], stopwatch, hop: p.window.hop ?? p.window.size };
+  return { rt, push, p: cfg.pipelines[0], stopwatch, hop: p.window.hop ?? p.window.size, recorder };
 }
 
 /** A raw session on the same model file, options and inputs, outside keel. */
@@ -203,6 +214,20 @@ async function measure(file: string, quick: boolean): Promise<BenchResult[]> {
       if (lat.stopwatch.writes.length > before) pipeLat.push(lat.stopwatch.writes[lat.stopwatch.writes.length - 1] - pushed);
     }
   }
+  // The same window path with the ledger recording every inference (batch mode, temp dir).
+  const ledgerTmp = mkdtempSync(path.join(os.tmpdir(), 'keel-bench-ledger-'));
+  const withLedger = await harness(file, false, ledgerTmp);
+  const ledgerTimes: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < windows; i++) {
+      await withLedger.rt.runWindow(withLedger.p.name, { channels, length: h.p.window.size, data: frames[i & 15].slice() });
+    }
+    ledgerTimes.push(performance.now() - t0);
+  }
+  await withLedger.rt.stop('bench done');
+  await withLedger.recorder?.close();
+  rmSync(ledgerTmp, { recursive: true, force: true });
   await h.rt.stop('bench done');
   await lat.rt.stop('bench done');
   await raw.session.release();
@@ -211,6 +236,7 @@ async function measure(file: string, quick: boolean): Promise<BenchResult[]> {
   const out = [
     result(`pipeline throughput ${name}`, rate(windowTimes), 'windows/s', rawRate),
     result(`pipeline throughput with ingest ${name} (${h.hop} samples/window)`, rate(ingestTimes), 'windows/s', rawRate),
+    result(`pipeline throughput with ledger ${name}`, rate(ledgerTimes), 'windows/s', rawRate),
   ];
   if (pipeLat.length > 0) {
     out.push(result(`sensor-to-action p50 ${name}`, percentile(pipeLat, 50), 'ms', percentile(rawLat, 50)));
