@@ -103,7 +103,7 @@ async function harness(file: string, toggle: boolean, ledgerDir?: string): Promi
   let recorder: LedgerRecorder | undefined;
   if (ledgerDir) {
     const key = generateKeyFile(path.join(ledgerDir, 'bench.key'), { name: 'bench.example/device' });
-    const ledgerCfg = { dir: ledgerDir, key: 'bench.key', durability: 'batch' as const, flushMs: 200, intervalMs: 1000, checkpointEveryRecords: 10_000, checkpointEveryMs: 60_000, maxBuffered: 1_000_000 };
+    const ledgerCfg = { dir: ledgerDir, key: 'bench.key', durability: 'batch' as const, onFull: 'drop-oldest' as const, flushMs: 200, intervalMs: 1000, checkpointEveryRecords: 10_000, checkpointEveryMs: 60_000, maxBuffered: 1_000_000 };
     recorder = await LedgerRecorder.open(ledgerCfg, key, 'bench', path.join(ledgerDir, 'ledger'), clock, pino({ level: 'silent' }));
     recorder.attach(rt);
   }

@@ -406,6 +406,10 @@ const LedgerSection = Type.Object(
     checkpointEveryRecords: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 1000 }),
     checkpointEveryMs: Type.Integer({ minimum: 100, maximum: 86_400_000, default: 60_000 }),
     maxBytes: Type.Optional(Type.Integer({ minimum: 1_048_576, description: 'disk bound of the ledger, bytes' })),
+    onFull: Type.Union([Type.Literal('drop-oldest'), Type.Literal('stop-recording')], {
+      default: 'drop-oldest',
+      description: 'at the disk bound: drop the oldest half of the stored records (a gap record says which) or keep the old ones and record nothing new (gap records when space returns)',
+    }),
     maxBuffered: Type.Integer({ minimum: 16, maximum: 10_000_000, default: 100_000, description: 'records held in memory while the disk is failing; beyond it the oldest are dropped and a gap record says so' }),
   },
   { ...Strict, description: 'the signed, append-only log of every inference, decision, action and fault' },

@@ -51,6 +51,15 @@ export interface LedgerVerification {
 
 const RESERVED = new Set(['v', 'seq', 't', 'kind']);
 
+/**
+ * Segment and record sizes under a disk bound: about 16 segments fit, so pruning whole
+ * segments frees space in steps of ~1/16; a record may be at most a segment's worth.
+ */
+function boundedSegments(maxBytes: number): { segmentBytes: number; maxRecordBytes: number } {
+  const segmentBytes = Math.max(64 * 1024, Math.floor(maxBytes / 16));
+  return { segmentBytes, maxRecordBytes: Math.min(1024 * 1024, segmentBytes - 8) };
+}
+
 /** An open ledger directory. */
 export class Ledger {
   readonly dir: string;
@@ -59,7 +68,7 @@ export class Ledger {
   private readonly signer?: NoteSigner;
   private readonly clock: Clock;
   private readonly readOnly: boolean;
-  private next: number;
+  private queue: Promise<void> = Promise.resolve();
 
   private constructor(dir: string, store: LedgerStore, origin: string, signer: NoteSigner | undefined, clock: Clock, readOnly: boolean) {
     this.dir = dir;
@@ -68,7 +77,6 @@ export class Ledger {
     this.signer = signer;
     this.clock = clock;
     this.readOnly = readOnly;
-    this.next = store.size;
   }
 
   /** Opens (creating unless read-only) the ledger in `dir`, recovering the store's tail. */
@@ -82,6 +90,8 @@ export class Ledger {
       durability: opts.durability,
       intervalMs: opts.intervalMs,
       maxBytes: opts.maxBytes,
+      // Under a disk bound, segments must be small enough that pruning whole ones frees space.
+      ...(opts.maxBytes ? boundedSegments(opts.maxBytes) : {}),
       clock: opts.clock,
       repair: !readOnly,
     });
@@ -131,15 +141,23 @@ export class Ledger {
     return this.appendBatch([input]);
   }
 
-  /** Appends records in order; resolves with the first index once durable per the mode. */
+  /**
+   * Appends records in order; resolves with the first index once durable per the mode.
+   * Appends run one after another: each record's `seq` is taken from the store's size when
+   * its batch is written, so a failed batch leaves no hole in the numbering.
+   */
   appendBatch(inputs: readonly RecordInput[]): Promise<number> {
     if (this.readOnly) return Promise.reject(new KeelError('KEEL_E_USAGE', 'the ledger is open read-only'));
-    const now = this.clock.now();
-    // seq is assigned here, synchronously, so concurrent callers get consecutive indexes in call order.
-    const first = this.next;
-    const bytes = inputs.map((r, i) => Ledger.recordBytes(first + i, r, now));
-    this.next += inputs.length;
-    return this.store.appendBatch(bytes);
+    const run = this.queue.then(() => {
+      const first = this.store.size;
+      const now = this.clock.now();
+      return this.store.appendBatch(inputs.map((r, i) => Ledger.recordBytes(first + i, r, now)));
+    });
+    this.queue = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   /** The exact bytes of record `index`. */
@@ -261,6 +279,14 @@ export class Ledger {
       closeSync(fd);
     }
     return { records: this.store.size };
+  }
+
+  /**
+   * Deletes the record bytes of whole segments below `index` (their hashes stay, so the tree
+   * still verifies and extends). Resolves with the new first available index.
+   */
+  pruneBefore(index: number): Promise<number> {
+    return this.store.pruneBefore(index);
   }
 
   /** RFC 6962 leaf hash of record `index`. */

@@ -28,6 +28,8 @@ export interface RecorderOptions {
   checkpointEveryRecords: number;
   checkpointEveryMs: number;
   maxBuffered: number;
+  /** Policy at the disk bound (see LedgerConfig.onFull). */
+  onFull?: 'drop-oldest' | 'stop-recording';
 }
 
 /** Counters for /metrics and the live view. */
@@ -75,6 +77,7 @@ export class LedgerRecorder {
       checkpointEveryRecords: cfg.checkpointEveryRecords,
       checkpointEveryMs: cfg.checkpointEveryMs,
       maxBuffered: cfg.maxBuffered,
+      onFull: cfg.onFull,
     });
   }
 
@@ -162,8 +165,30 @@ export class LedgerRecorder {
       this.counters.lastError = asError(err).message;
       // Put the records back in front; those that arrived meanwhile stay after them.
       this.buffer = records.concat(this.buffer);
+      if ((err as { code?: string }).code === 'KEEL_E_LEDGER_FULL' && (this.o.onFull ?? 'drop-oldest') === 'drop-oldest') await this.dropOldest();
       this.trim();
       this.o.logger.error({ err: this.counters.lastError, buffered: this.buffer.length }, 'ledger append failed; records kept in memory and retried');
+    }
+  }
+
+  /**
+   * The disk-bound policy `drop-oldest`: prunes the record bytes of the oldest half of what is
+   * stored (nothing is acknowledged by a fleet yet, so these are unacknowledged records) and
+   * queues a gap record naming the range and the reason. The hashes stay: the tree and every
+   * checkpoint still verify, only those records' contents are gone.
+   */
+  private async dropOldest(): Promise<void> {
+    const first = this.ledger.firstAvailable;
+    const size = this.ledger.size;
+    if (size - first < 2) return;
+    try {
+      const newFirst = await this.ledger.pruneBefore(first + Math.floor((size - first) / 2));
+      if (newFirst > first) {
+        this.buffer.unshift({ kind: 'gap', body: { fromSeq: first, toSeq: newFirst - 1, dropped: newFirst - first, reason: 'disk bound reached: unacknowledged records pruned (ledger.onFull: drop-oldest)' }, t: this.o.clock.now() });
+        this.o.logger.warn({ fromSeq: first, toSeq: newFirst - 1 }, 'ledger at its disk bound: oldest records pruned');
+      }
+    } catch (err) {
+      this.o.logger.error({ err: asError(err).message }, 'ledger prune failed');
     }
   }
 

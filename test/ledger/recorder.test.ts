@@ -49,7 +49,7 @@ pipelines:
   const key = generateKeyFile(path.join(tmp, 'a.key'), { name: 'test.example/bot' });
   const dir = path.join(tmp, 'ledger-a');
   const rec = await LedgerRecorder.open(
-    { dir, key: 'unused', durability: 'batch', flushMs: 50, intervalMs: 1000, checkpointEveryRecords: 1000, checkpointEveryMs: 60_000, maxBuffered: 1000 },
+    { dir, key: 'unused', durability: 'batch', onFull: 'drop-oldest', flushMs: 50, intervalMs: 1000, checkpointEveryRecords: 1000, checkpointEveryMs: 60_000, maxBuffered: 1000 },
     key,
     'bot',
     dir,
@@ -109,4 +109,41 @@ test('a failing disk keeps records in memory; past the bound the oldest go, and 
   assert.deepEqual(appended[0].kind, 'gap');
   assert.deepEqual({ ...appended[0].body }, { dropped: 3, fromT: 1000, toT: 1002, reason: 'buffer full' });
   assert.deepEqual(appended.slice(1).map((r) => r.body.n), [3, 4, 5, 6, 7]);
+});
+
+test('at the disk bound, drop-oldest prunes the oldest records, writes a gap record, and the tree still verifies', async () => {
+  const clock = new SystemClock();
+  const key = generateKeyFile(path.join(tmp, 'b.key'), { name: 'test.example/bounded' });
+  const dir = path.join(tmp, 'ledger-b');
+  const rec = await LedgerRecorder.open(
+    { dir, key: 'unused', durability: 'batch', onFull: 'drop-oldest', maxBytes: 1_048_576, flushMs: 60_000, intervalMs: 1000, checkpointEveryRecords: 100_000, checkpointEveryMs: 60_000, maxBuffered: 10_000 },
+    key,
+    'bounded',
+    dir,
+    clock,
+    silent,
+  );
+  const blob = 'x'.repeat(8000);
+  for (let i = 0; i < 400; i++) {
+    rec.add('event', { n: i, blob });
+    await rec.flush();
+  }
+  await rec.close();
+  const ledger = await Ledger.open(dir, { readOnly: true });
+  try {
+    assert.ok(ledger.firstAvailable > 0, 'old records were pruned');
+    const v = await ledger.verify();
+    assert.ok(v.ok, JSON.stringify(v));
+    const kept = Array.from({ length: ledger.size - ledger.firstAvailable }, (_, i) => JSON.parse(ledger.read(ledger.firstAvailable + i).toString()) as Record<string, any>);
+    const gaps = kept.filter((r) => r.kind === 'gap');
+    assert.ok(gaps.length >= 1, 'a gap record says what was dropped');
+    assert.match(gaps[0].reason, /disk bound/);
+    assert.equal(gaps[0].toSeq - gaps[0].fromSeq + 1, gaps[0].dropped);
+    // Every event record ever added is either still stored or inside a gap's range: nothing vanished.
+    const stored = new Set(kept.filter((r) => r.kind === 'event' && r.data === undefined).map((r) => r.n));
+    assert.ok(stored.has(399), 'the newest record is kept');
+    assert.equal(rec.stats().dropped, 0, 'nothing was dropped from memory');
+  } finally {
+    await ledger.close();
+  }
 });
