@@ -397,9 +397,10 @@ const LedgerSection = Type.Object(
     dir: Type.String({ minLength: 1, description: 'ledger directory, relative to the config file' }),
     key: Type.String({ minLength: 1, description: 'device key file (keel keygen), mode 0600' }),
     origin: Type.Optional(Type.String({ minLength: 1, description: 'checkpoint origin (default: the key file name line, else device.name)' })),
-    durability: Type.Union([Type.Literal('batch'), Type.Literal('interval')], {
+    durability: Type.Union([Type.Literal('record'), Type.Literal('batch'), Type.Literal('interval')], {
       default: 'batch',
-      description: 'batch: each flush of buffered records is fsynced before it counts; interval: fsync at most intervalMs later',
+      description:
+        'record: every record is appended and fsynced as it happens (concurrent ones share an fsync); batch: buffered records are appended and fsynced every flushMs; interval: appended every flushMs, fsynced at most intervalMs later',
     }),
     flushMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200, description: 'buffered records are appended at least this often' }),
     intervalMs: Type.Integer({ minimum: 1, maximum: 3_600_000, default: 1000 }),

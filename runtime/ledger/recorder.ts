@@ -30,6 +30,8 @@ export interface RecorderOptions {
   maxBuffered: number;
   /** Policy at the disk bound (see LedgerConfig.onFull). */
   onFull?: 'drop-oldest' | 'stop-recording';
+  /** Append each record as it is added (durability `record`) instead of every flushMs. */
+  immediate?: boolean;
 }
 
 /** Counters for /metrics and the live view. */
@@ -78,6 +80,7 @@ export class LedgerRecorder {
       checkpointEveryMs: cfg.checkpointEveryMs,
       maxBuffered: cfg.maxBuffered,
       onFull: cfg.onFull,
+      immediate: cfg.durability === 'record',
     });
   }
 
@@ -117,6 +120,9 @@ export class LedgerRecorder {
     if (this.closed) return;
     this.buffer.push({ kind, body, t });
     this.trim();
+    // Record mode: write now. A flush already running picks these up when it finishes (the
+    // next timer tick at the latest), so concurrent records share one fsync.
+    if (this.o.immediate && !this.flushing) void this.flush();
   }
 
   /** Drops the oldest buffered records beyond `maxBuffered`, remembering them for the gap record. */
@@ -137,7 +143,12 @@ export class LedgerRecorder {
   /** Appends everything buffered (one batch); on failure keeps it for the next try. */
   flush(): Promise<void> {
     if (this.flushing) return this.flushing;
-    this.flushing = this.doFlush().finally(() => (this.flushing = undefined));
+    this.flushing = this.doFlush().finally(() => {
+      this.flushing = undefined;
+      // Record mode: what arrived during that write goes next, unless the disk is failing
+      // (then the flush timer paces the retries instead of a hot loop).
+      if (this.o.immediate && !this.closed && this.buffer.length > 0 && this.counters.lastError === undefined) void this.flush();
+    });
     return this.flushing;
   }
 

@@ -147,3 +147,23 @@ test('at the disk bound, drop-oldest prunes the oldest records, writes a gap rec
     await ledger.close();
   }
 });
+
+test('record durability: each record is appended as it happens, with no timer tick needed', async () => {
+  const clock = new FakeClock();
+  const key = generateKeyFile(path.join(tmp, 'c.key'), { name: 'test.example/record' });
+  const dir = path.join(tmp, 'ledger-c');
+  const rec = await LedgerRecorder.open(
+    { dir, key: 'unused', durability: 'record', onFull: 'drop-oldest', flushMs: 60_000, intervalMs: 1000, checkpointEveryRecords: 100_000, checkpointEveryMs: 60_000, maxBuffered: 1000 },
+    key,
+    'rec',
+    dir,
+    clock,
+    silent,
+  );
+  for (let i = 0; i < 5; i++) rec.add('event', { n: i });
+  const deadline = Date.now() + 5000;
+  while (rec.stats().appended < 5 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(rec.stats().appended, 5, 'appended without the flush timer firing');
+  assert.equal(rec.ledger.size, 5);
+  await rec.close();
+});
