@@ -176,7 +176,7 @@ function fileIssues(config: KeelConfig, dir: string): ConfigIssue[] {
     try {
       loadKeyFile(path.resolve(dir, config.ledger.key));
     } catch (err) {
-      issues.push({ path: 'ledger.key', message: `${asError(err).message} (create one with: keel keygen --out ${config.ledger.key})` });
+      issues.push({ path: 'ledger.key', message: asError(err).message });
     }
   }
   config.pipelines.forEach((p, i) => {
