@@ -2,7 +2,8 @@
  * The `keel` command line. Subcommands with `--help`; human output on a terminal and JSON
  * with `--json`; distinct exit codes (see EXIT).
  */
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +19,7 @@ import { LiveView } from './ops/live-view.ts';
 import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
-import { loadKeyFile } from './ledger/keys.ts';
+import { generateKeyFile, loadKeyFile } from './ledger/keys.ts';
 import { LedgerRecorder } from './ledger/recorder.ts';
 
 /** Process exit codes. */
@@ -244,6 +245,8 @@ interface RunOptions {
   logFd: 1 | 2;
   /** If the configured ops port is taken, serve on a free one instead of refusing (the demo). */
   portFallback?: boolean;
+  /** Without a ledger section, record into a fresh key and ledger in a temp dir (the demo). */
+  demoLedger?: boolean;
 }
 
 /** Whether host:port can be bound right now. */
@@ -282,6 +285,12 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     throw err;
   }
   let recorder: LedgerRecorder | undefined;
+  if (o.demoLedger && !config.ledger) {
+    // Show the signed ledger at work without asking for a key: a throwaway one in a temp dir.
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'keel-demo-'));
+    generateKeyFile(path.join(tmp, 'demo.key'), { name: `${config.device.name}.demo` });
+    config.ledger = { dir: path.join(tmp, 'ledger'), key: path.join(tmp, 'demo.key'), durability: 'batch', flushMs: 200, intervalMs: 1000, checkpointEveryRecords: 1000, checkpointEveryMs: 5000, maxBuffered: 100_000, onFull: 'drop-oldest' };
+  }
   if (config.ledger) {
     try {
       const key = loadKeyFile(path.resolve(dir, config.ledger.key));
@@ -324,7 +333,7 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   // stderr), stderr for `run --live` (JSON logs on stdout).
   if (o.live !== 'none') {
     const toStdout = o.logFd === 2;
-    view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name });
+    view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name, ledger: recorder });
   }
   view?.start();
   const reason = await stopped;
@@ -335,6 +344,7 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   // The last line of a clean run: tells a supervisor's log a clean stop from a crash.
   logger.info({ reason }, 'keel stopped');
   view?.final();
+  if (recorder && o.demoLedger && o.live !== 'json') io.err(`ledger: ${recorder.ledger.dir} (${recorder.ledger.size} records, signed; check it with: npx keel log verify ${recorder.ledger.dir})`);
   return EXIT.ok;
 }
 
@@ -361,7 +371,7 @@ async function cmdDemo(args: string[], io: Io): Promise<number> {
   if (values.help) return io.out(HELP.demo), EXIT.ok;
   if (positionals.length) throw usageError('demo takes no positional arguments', 'demo');
   return runConfig(
-    { file: (values.config as string | undefined) ?? DEMO_CONFIG, durationS: seconds(values.duration as string | undefined, 'demo'), logLevel: 'warn', live: values.json ? 'json' : 'tty', logFd: 2, portFallback: true },
+    { file: (values.config as string | undefined) ?? DEMO_CONFIG, durationS: seconds(values.duration as string | undefined, 'demo'), logLevel: 'warn', live: values.json ? 'json' : 'tty', logFd: 2, portFallback: true, demoLedger: true },
     io,
   );
 }

@@ -12,6 +12,8 @@ export interface LiveViewOptions {
   write: (line: string) => void;
   title: string;
   intervalMs?: number;
+  /** The ledger recorder, when the runtime records a ledger. */
+  ledger?: { stats(): { appended: number; buffered: number; checkpoints: number; failures: number; dropped: number } };
 }
 
 /** Prints runtime snapshots periodically. */
@@ -69,6 +71,7 @@ export class LiveView {
       this.o.write(
         JSON.stringify({
           ...snap,
+          ...(this.o.ledger ? { ledger: this.o.ledger.stats() } : {}),
           sources: snap.sources.map((s) => ({ ...s, rateHz: round(rate(s.name, s.samples)) })),
           pipelines: snap.pipelines.map((p) => ({ ...p, inferencesPerS: round(irate(p.name, p.inferences)) })),
         }),
@@ -85,6 +88,8 @@ export class LiveView {
           `  pipeline ${pad(p.name, 12)} ${pad(irate(p.name, p.inferences).toFixed(1) + ' inf/s', 11)} p50 ${fmtMs(p.p50Ms)}  p99 ${fmtMs(p.p99Ms)}  dropped ${p.windowsDropped}  decisions ${p.decisions}  actions ${p.actions}${p.active.length ? `  active: ${p.active.join(', ')}` : ''}`,
         );
       }
+      const lg = this.o.ledger?.stats();
+      if (lg) out.push(`  ledger   ${lg.appended} records  ${lg.checkpoints} checkpoints signed  buffered ${lg.buffered}${lg.failures ? `  failures ${lg.failures}` : ''}${lg.dropped ? `  DROPPED ${lg.dropped}` : ''}`);
       if (snap.actuators.length) out.push(`  outputs  ${snap.actuators.map((a) => `${a.name}=${a.value === undefined ? '-' : String(a.value).trim()}`).join('  ')}`);
       for (const r of this.recent) out.push(`  ${r}`);
       if (this.o.tty && this.lines > 0 && !final) this.o.write(`\x1b[${this.lines}A\x1b[J` + out.join('\n'));
