@@ -6,13 +6,8 @@
  */
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { pino } from 'pino';
-import { PushSource } from '../drivers/push.ts';
-import { SimGpioBackend } from '../drivers/gpio/index.ts';
-import { MockSerialOpener } from '../drivers/serial/index.ts';
-import { SystemClock } from '../runtime/clock.ts';
 import { loadConfigFile } from '../runtime/config/load.ts';
-import { Runtime } from '../runtime/runtime.ts';
+import { pushRuntime } from './harness.ts';
 
 const [mode, file, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg ?? '2');
@@ -38,19 +33,7 @@ if (mode === 'bare') {
   }
   while (performance.now() < until) await session.run(feeds);
 } else {
-  const clock = new SystemClock();
-  const push = new PushSource(p.source, { clock });
-  config.pipelines = [p];
-  config.sources = config.sources.filter((s) => s.name === p.source);
-  const rt = await Runtime.create(config, {
-    clock,
-    logger: pino({ level: 'silent' }),
-    baseDir: dir,
-    serial: new MockSerialOpener(),
-    gpio: new SimGpioBackend({ clock }),
-    sources: { [p.source]: push },
-    noHttp: true,
-  });
+  const { rt, push } = await pushRuntime(config, dir);
   await rt.start();
   while (performance.now() < until) {
     for (let i = 0; i < (p.window.hop ?? p.window.size); i++) {

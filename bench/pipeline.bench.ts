@@ -17,16 +17,14 @@ import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { pino } from 'pino';
 import { PushSource } from '../drivers/push.ts';
-import { SimGpioBackend } from '../drivers/gpio/index.ts';
-import { MockSerialOpener } from '../drivers/serial/index.ts';
 import type { ActionContext, Actuator, ActuatorValue } from '../drivers/types.ts';
-import { SystemClock } from '../runtime/clock.ts';
 import { loadConfigFile } from '../runtime/config/load.ts';
 import type { KeelConfig, PipelineConfig } from '../runtime/config/schema.ts';
 import { Runtime } from '../runtime/runtime.ts';
 import { windowToInput } from '../runtime/pipeline/window.ts';
 import { generateKeyFile } from '../runtime/ledger/keys.ts';
 import { LedgerRecorder } from '../runtime/ledger/recorder.ts';
+import { pushRuntime } from './harness.ts';
 import { percentile, result, type BenchOptions, type BenchResult } from './lib.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -71,12 +69,8 @@ interface Harness {
 async function harness(file: string, toggle: boolean, ledgerDir?: string): Promise<Harness> {
   const { config, dir } = loadConfigFile(path.join(ROOT, file));
   const p = config.pipelines[0];
-  const clock = new SystemClock();
-  const push = new PushSource(p.source, { clock });
   const stopwatch = new StopwatchActuator('bench_stopwatch');
   const cfg: KeelConfig = structuredClone(config);
-  cfg.pipelines = [cfg.pipelines[0]];
-  cfg.sources = cfg.sources.filter((s) => s.name === p.source);
   cfg.actuators.push({ name: 'bench_stopwatch', type: 'gpio', line: { chip: 'sim', offset: 63 }, activeLow: false, initial: 0, safe: 0 });
   // Toggles with the sign of the last sample of each window, so every window causes an action.
   if (toggle) cfg.pipelines[0].rules.push({
@@ -90,16 +84,7 @@ async function harness(file: string, toggle: boolean, ledgerDir?: string): Promi
   cfg.safety.silenceMs = 86_400_000;
   cfg.safety.overrunMs = 86_400_000;
   delete cfg.pipelines[0].watchdog;
-  const rt = await Runtime.create(cfg, {
-    clock,
-    logger: pino({ level: 'silent' }),
-    baseDir: dir,
-    serial: new MockSerialOpener(),
-    gpio: new SimGpioBackend({ clock }),
-    sources: { [p.source]: push },
-    actuators: { bench_stopwatch: stopwatch },
-    noHttp: true,
-  });
+  const { rt, push, clock } = await pushRuntime(cfg, dir, { bench_stopwatch: stopwatch });
   let recorder: LedgerRecorder | undefined;
   if (ledgerDir) {
     const key = generateKeyFile(path.join(ledgerDir, 'bench.key'), { name: 'bench.example/device' });

@@ -15,7 +15,7 @@ import type { Clock } from './clock.ts';
 import type { ActionConfig, KeelConfig, PipelineConfig } from './config/schema.ts';
 import { RuleEngine, type DecisionEvent } from './decisions/rules.ts';
 import { PolicyCallError, PolicyHost } from './decisions/policy.ts';
-import { KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
+import { ModelError, asError, type ConfigIssue } from './errors.ts';
 import { ModelRunner, type ModelOutputs } from './inference.ts';
 import { RuntimeMetrics } from './ops/metrics.ts';
 import { startOpsServer, type Health, type OpsServer } from './ops/http.ts';
@@ -226,7 +226,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     // actuator has been driven to its initial value.
     if (this.config.http.enabled && !this.deps.noHttp) {
       this.http = await startOpsServer(this.config.http.host, this.config.http.port, {
-        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metricsText() }),
+        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metrics.text() }),
         health: () => this.health(),
       });
       this.log.info({ address: this.http.address }, 'ops endpoint listening (/metrics, /healthz)');
@@ -531,9 +531,6 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     };
   }
 
-  private async metricsText(): Promise<string> {
-    return this.metrics.text();
-  }
 }
 
 /**

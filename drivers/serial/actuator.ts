@@ -29,7 +29,7 @@ import { ConfigError, DriverError, type ConfigIssue } from '../../runtime/errors
 import type { Clock } from '../../runtime/clock.ts';
 import type { SerialActuatorConfig } from '../../runtime/config/schema.ts';
 import type { ActionContext, Actuator, ActuatorValue } from '../types.ts';
-import { linkIssues, type SerialOpener } from './link.ts';
+import { linkIssues, type SerialOpener, linkOptions } from './link.ts';
 import { SupervisedPort, reconnectIssues } from './supervisor.ts';
 
 /** Longest rendered action, bytes; longer renders are refused (a runaway context value). */
@@ -288,7 +288,7 @@ export class SerialActuator extends EventEmitter<SerialActuatorEvents> implement
     this.safeTemplate = c.safe !== undefined ? new OutputTemplate(c.safe, 'safe') : null;
     this.port = new SupervisedPort({
       name: this.name,
-      link: { path: c.path, baudRate: c.baudRate ?? 115200, dataBits: c.dataBits, parity: c.parity, stopBits: c.stopBits, rtscts: c.rtscts },
+      link: linkOptions(c),
       opener: this.deps.opener,
       clock: this.deps.clock,
       reconnect: c.reconnect,

@@ -63,6 +63,11 @@ export interface SerialOpener {
 
 const PARITIES = ['none', 'even', 'odd', 'mark', 'space'];
 
+/** The link options of a serial source or actuator config (baud rate defaults to 115200). */
+export function linkOptions(c: Omit<SerialLinkOptions, 'baudRate'> & { baudRate?: number }): SerialLinkOptions {
+  return { path: c.path, baudRate: c.baudRate ?? 115200, dataBits: c.dataBits, parity: c.parity, stopBits: c.stopBits, rtscts: c.rtscts };
+}
+
 /**
  * Problems with link options, paths relative to the options object (`baudRate`). Includes
  * settings the `serialport` Unix binding cannot apply (mark/space parity, 1.5 stop bits), so

