@@ -31,7 +31,13 @@ export type KeelErrorCode =
   | 'KEEL_E_LEDGER_LOCKED'     // the ledger store is open for writing by another live process
   | 'KEEL_E_LEDGER_CLOSED'     // the ledger store was closed
   | 'KEEL_E_LEDGER_READONLY'   // the ledger store was opened read-only (repair: false)
-  | 'KEEL_E_LEDGER_DIR';       // no ledger store in the directory, a foreign directory, or a newer format
+  | 'KEEL_E_LEDGER_DIR'        // no ledger store in the directory, a foreign directory, or a newer format
+  | 'KEEL_E_WIRE'              // a fleet message (batch, token, envelope, ack) is malformed or oversized
+  | 'KEEL_E_AUTH'              // a token, envelope or batch signature is forged, expired, replayed or by an unknown key
+  | 'KEEL_E_SYNC'              // the device's sync link failed (retryable)
+  | 'KEEL_E_FLEET'             // the fleet (broker, registry, database) failed
+  | 'KEEL_E_FORK'              // two valid checkpoints of one device are inconsistent
+  | 'KEEL_E_BRIDGE';           // the firmware bridge link failed or the MCU misbehaved
 
 /** Root of every error keel raises on purpose. */
 export class KeelError extends Error {

@@ -191,6 +191,27 @@ export class Ledger {
     return note;
   }
 
+  /**
+   * Signs a checkpoint of the first `size` records without making it the latest: sync sends
+   * one per batch. Only durable records are covered (the store is synced first).
+   */
+  async signCheckpointAt(size: number): Promise<string> {
+    if (!this.signer) throw new KeelError('KEEL_E_USAGE', 'signing a checkpoint needs the device key (--key)');
+    await this.store.sync();
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.store.size) throw new RangeError(`size must be an integer in [0, ${this.store.size}], got ${size}`);
+    return signNote(formatCheckpoint({ origin: this.origin, size, root: rootAt(size, this.store) }), [this.signer]);
+  }
+
+  /** RFC 6962 root hash of the first `size` records. */
+  rootAt(size: number): Buffer {
+    return rootAt(size, this.store);
+  }
+
+  /** Stored leaf hash of record `index`: available even after the record's bytes were pruned. */
+  storedLeafHash(index: number): Buffer {
+    return this.store.node(0, index);
+  }
+
   /** The latest signed checkpoint note, if one was written. */
   latestCheckpoint(): string | undefined {
     const f = path.join(this.dir, 'checkpoint');
