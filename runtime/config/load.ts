@@ -10,8 +10,10 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { parseDocument, YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { serialActuatorIssues, serialSourceIssues } from '../../drivers/serial/index.ts';
+import { bridgeIssues } from '../../firmware-bridge/config.ts';
 import { isFftSize } from '../pipeline/transforms.ts';
 import { publishedSchema, type KeelConfig, type SourceConfig } from './schema.ts';
+import { syncConfigIssues } from '../sync/config.ts';
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, discriminator: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<KeelConfig>(publishedSchema());
@@ -196,6 +198,8 @@ export function sourceChannels(s: SourceConfig): string[] | undefined {
       }
     case 'replay':
       return s.channels;
+    case 'bridge':
+      return s.channels.map((ch) => ch.name);
   }
 }
 
@@ -234,6 +238,8 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
   };
   c.sources.forEach((s, i) => s.type === 'gpio' && claim(s.line, `sources[${i}].line`));
   c.actuators.forEach((a, i) => a.type === 'gpio' && claim(a.line, `actuators[${i}].line`));
+  // Firmware bridge entries: each one's own checks, and agreement among those sharing a port.
+  issues.push(...bridgeIssues(c));
 
   const actuators = new Set(c.actuators.map((a) => a.name));
   const sources = new Map(c.sources.map((s) => [s.name, s] as const));
@@ -337,6 +343,11 @@ function crossCheck(c: KeelConfig): ConfigIssue[] {
     });
     duplicates(p.rules.map((r) => r.name)).forEach((d) => add(`${at}.rules`, `duplicate rule name "${d}"`));
   });
+  if (c.sync) {
+    // Sync sends the ledger: without one there is nothing to send and no key to sign with.
+    if (!c.ledger) add('sync', 'needs a ledger section (sync sends the signed ledger, signed with the ledger key)');
+    for (const x of syncConfigIssues(c.sync)) add(join('sync', x.path), x.message);
+  }
   return issues;
 }
 

@@ -189,8 +189,36 @@ const GpioSource = Type.Object(
   },
   Strict,
 );
+// Firmware bridge (docs/firmware-bridge.md). Sources and actuators naming the same path share
+// one port and one session; heartbeatMs/linkTimeoutMs have no schema default on purpose: the
+// strictest value stated by the entries sharing a port applies (default 250 / 1000 ms).
+const BridgeLink = {
+  path: Type.String({ minLength: 1, description: 'serial device of the MCU, e.g. /dev/ttyACM0 or /dev/serial/by-id/...; entries naming one path share one link' }),
+  baudRate: Type.Integer({ minimum: 50, maximum: 4_000_000, default: 115200 }),
+};
+const BridgeChannel = Type.Object(
+  {
+    mcuChannel: Type.Integer({ minimum: 0, maximum: 255, description: 'MCU input channel: analog 0..A-1, then digital A..A+D-1' }),
+    name: Name,
+    rateHz: Type.Integer({ minimum: 1, maximum: 65535, description: 'samples per second asked of the MCU' }),
+    scale: Type.Number({ default: 1, description: 'value = raw * scale + offset (raw: ADC counts, or 0/1 for digital inputs)' }),
+    offset: Type.Number({ default: 0 }),
+  },
+  Strict,
+);
+const BridgeSource = Type.Object(
+  {
+    ...SourceBase,
+    type: Type.Literal('bridge'),
+    ...BridgeLink,
+    channels: Type.Array(BridgeChannel, { minItems: 1 }),
+    heartbeatMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 60_000, description: 'host HEARTBEAT period, ms (default 250)' })),
+    linkTimeoutMs: Type.Optional(Type.Integer({ minimum: 50, maximum: 600_000, description: 'link lost (a fault) after this long without a valid MCU frame, ms (default 1000)' })),
+  },
+  Strict,
+);
 /** A sensor source. */
-export const Source = Tagged('type', [SerialSource, ReplaySource, SyntheticSource, GpioSource]);
+export const Source = Tagged('type', [SerialSource, ReplaySource, SyntheticSource, GpioSource, BridgeSource]);
 
 // ---------------------------------------------------------------- actuators
 
@@ -217,8 +245,18 @@ const SerialActuator = Type.Object(
   },
   Strict,
 );
+const BridgeActuator = Type.Object(
+  {
+    name: Name,
+    type: Type.Literal('bridge'),
+    ...BridgeLink,
+    output: Type.Integer({ minimum: 0, maximum: 255, description: 'MCU output index (the order of its HELLO_ACK), not the pin number' }),
+    safeValue: Type.Optional(Type.Integer({ minimum: 0, maximum: 255, description: "value driven in the safe state (default: the MCU's own safe value for this output)" })),
+  },
+  Strict,
+);
 /** An output the runtime drives. */
-export const Actuator = Tagged('type', [GpioActuator, SerialActuator]);
+export const Actuator = Tagged('type', [GpioActuator, SerialActuator, BridgeActuator]);
 
 // ---------------------------------------------------------------- pipelines
 
@@ -396,6 +434,13 @@ const LedgerSection = Type.Object(
   {
     dir: Type.String({ minLength: 1, description: 'ledger directory, relative to the config file' }),
     key: Type.String({ minLength: 1, description: 'device key file (keel keygen), mode 0600' }),
+    createKey: Type.Optional(
+      Type.Boolean({
+        default: false,
+        description:
+          'when the key file does not exist, keel run creates it (first start) and logs its verifier key; false: refuse to start until keel keygen made it. Never replaces an existing, unreadable or malformed key',
+      }),
+    ),
     origin: Type.Optional(Type.String({ minLength: 1, description: 'checkpoint origin (default: the key file name line, else device.name)' })),
     durability: Type.Union([Type.Literal('record'), Type.Literal('batch'), Type.Literal('interval')], {
       default: 'batch',
@@ -416,6 +461,41 @@ const LedgerSection = Type.Object(
   { ...Strict, description: 'the signed, append-only log of every inference, decision, action and fault' },
 );
 
+const SyncSection = Type.Object(
+  {
+    broker: Type.String({ pattern: '^(mqtts?|wss?)://', description: 'fleet broker URL: mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt' }),
+    caFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA certificate(s) the broker\'s TLS certificate must chain to (mqtts:// and wss:// only; default: the system CAs)' })),
+    prefix: Type.String({ default: 'keel', description: 'MQTT topic prefix: <prefix>/<device.name>/...' }),
+    fleet: Type.String({ minLength: 1, description: 'the fleet\'s cosigner verifier key (type 0x04, the contents of fleet.vkey), or "@<file>" holding it (relative to the config file)' }),
+    audience: Type.Optional(Type.String({ minLength: 1, description: 'fleet name the connect token is issued for (default: the fleet key\'s name)' })),
+    operators: Type.Array(Type.String({ minLength: 1 }), { default: [], description: 'verifier keys (type 0x01) of the operators whose signed commands this device accepts' }),
+    tokenLifetimeS: Type.Integer({ minimum: 10, maximum: 3600, default: 600, description: 'lifetime of the connect token (a fresh one per connect), seconds' }),
+    maxInFlight: Type.Integer({ minimum: 1, maximum: 64, default: 4, description: 'ledger batches sent and not yet acknowledged by the fleet' }),
+    batchRecords: Type.Integer({ minimum: 1, maximum: 100_000, default: 2000, description: 'most records in one batch' }),
+    batchBytes: Type.Integer({ minimum: 1024, maximum: 4_194_304, default: 1_048_576, description: 'most record bytes in one batch (one record larger than this goes alone)' }),
+    rateRecordsPerS: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 50_000, description: 'average records sent per second (bursts up to one second\'s worth)' }),
+    rateBytesPerS: Type.Integer({ minimum: 1024, maximum: 10_737_418_240, default: 16_777_216, description: 'average batch bytes sent per second (bursts up to one second\'s worth)' }),
+    ackTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000, description: 'a batch not acknowledged this long after the broker took it is sent again (after a backoff)' }),
+    reconnect: Type.Object(
+      {
+        initialMs: PositiveMs('first reconnect delay', 500),
+        maxMs: PositiveMs('longest reconnect delay', 30_000),
+        jitter: Type.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'each delay is shortened by a random fraction up to this' }),
+      },
+      { ...Strict, default: {}, description: 'reconnect (and resend) with exponential backoff and jitter' },
+    ),
+    pruneDelivered: Type.Boolean({ default: true, description: 'delete records from the device once the fleet\'s cosignature covering them verifies' }),
+    telemetry: Type.Object(
+      {
+        everyMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 0, description: 'send the latest output values this often (0: no telemetry)' }),
+        outputs: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'outputs to send, as "output" or "pipeline.output" (default: every scalar output)' })),
+      },
+      { ...Strict, default: {}, description: 'signed live values (QoS 0, dropped while offline)' },
+    ),
+  },
+  { ...Strict, description: 'store-and-forward of the ledger to a fleet over MQTT, status, telemetry and commands (needs a ledger section)' },
+);
+
 /** The whole configuration file. */
 export const ConfigSchema = Type.Object(
   {
@@ -434,6 +514,7 @@ export const ConfigSchema = Type.Object(
     safety: Type.Object(Safety.properties, { ...Strict, default: {} }),
     http: Type.Object(Http.properties, { ...Strict, default: {} }),
     ledger: Type.Optional(LedgerSection),
+    sync: Type.Optional(SyncSection),
     log: Type.Object(
       { level: Type.Union(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }) },
       { ...Strict, default: {} },
@@ -449,9 +530,11 @@ export type SerialSourceConfig = Extract<SourceConfig, { type: 'serial' }>;
 export type ReplaySourceConfig = Extract<SourceConfig, { type: 'replay' }>;
 export type SyntheticSourceConfig = Extract<SourceConfig, { type: 'synthetic' }>;
 export type GpioSourceConfig = Extract<SourceConfig, { type: 'gpio' }>;
+export type BridgeSourceConfig = Extract<SourceConfig, { type: 'bridge' }>;
 export type ActuatorConfig = KeelConfig['actuators'][number];
 export type GpioActuatorConfig = Extract<ActuatorConfig, { type: 'gpio' }>;
 export type SerialActuatorConfig = Extract<ActuatorConfig, { type: 'serial' }>;
+export type BridgeActuatorConfig = Extract<ActuatorConfig, { type: 'bridge' }>;
 export type SerialFormatConfig = Static<typeof SerialFormat>;
 export type SignalConfig = Static<typeof Signal>;
 export type GpioLineConfig = Static<typeof GpioLine>;
@@ -464,6 +547,7 @@ export type PolicyConfig = NonNullable<PipelineConfig['policy']>;
 export type SafetyConfig = KeelConfig['safety'];
 export type ReconnectConfig = Static<typeof Reconnect>;
 export type LedgerConfig = Static<typeof LedgerSection>;
+export type SyncConfig = Static<typeof SyncSection>;
 
 /**
  * The JSON Schema as published (docs/keel.schema.json) and as the loader validates with:
