@@ -19,6 +19,7 @@ import { LiveView } from './ops/live-view.ts';
 import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
+import { cmdRecord, RECORD_HELP } from '../firmware-bridge/record.ts';
 import { generateKeyFile, loadKeyFile } from './ledger/keys.ts';
 import { LedgerRecorder } from './ledger/recorder.ts';
 
@@ -49,6 +50,7 @@ interface Io {
 }
 
 const HELP: Record<string, string> = {
+  record: RECORD_HELP,
   main: `keel ${KEEL_VERSION}: offline inference runtime for robots and IoT devices
 
 Usage: keel <command> [options]
@@ -61,6 +63,8 @@ Commands:
   keygen            create a device key (Ed25519, mode 0600)
   id                print a device key's verifier key (name+keyid+base64)
   log <sub> <dir>   the signed ledger: append, checkpoint, proof, consistency, export, verify, tail
+  record <config|dev>  capture a live serial source or MCU link to a replayable CSV/JSONL file
+  fleet <sub>       the fleet: serve (broker + ingest), enroll, revoke, user, devices, tail, verify, proof, send, ingest
   version           print the version
 
 Run 'keel <command> --help' for a command's options.
@@ -415,6 +419,11 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return await cmdDemo(rest, io);
       case 'schema':
         return cmdSchema(rest, io);
+      case 'record':
+        return await cmdRecord(rest, io);
+      case 'fleet':
+        // Imported lazily: keel run does not load aedes, ws and SQLite.
+        return await (await import('../fleet/serve.ts')).cmdFleet(rest, io);
       case 'keygen':
       case 'id':
       case 'log': {

@@ -37,6 +37,7 @@ export type KeelErrorCode =
   | 'KEEL_E_SYNC'              // the device's sync link failed (retryable)
   | 'KEEL_E_FLEET'             // the fleet (broker, registry, database) failed
   | 'KEEL_E_FORK'              // two valid checkpoints of one device are inconsistent
+  | 'KEEL_E_NOTIFY'            // systemd could not be notified (sd_notify: READY, WATCHDOG, STOPPING)
   | 'KEEL_E_BRIDGE';           // the firmware bridge link failed or the MCU misbehaved
 
 /** Root of every error keel raises on purpose. */

@@ -15,7 +15,7 @@ import type { Clock } from './clock.ts';
 import type { ActionConfig, KeelConfig, PipelineConfig } from './config/schema.ts';
 import { RuleEngine, type DecisionEvent } from './decisions/rules.ts';
 import { PolicyCallError, PolicyHost } from './decisions/policy.ts';
-import { ModelError, asError, type ConfigIssue } from './errors.ts';
+import { KeelError, ModelError, asError, type ConfigIssue } from './errors.ts';
 import { ModelRunner, type ModelOutputs } from './inference.ts';
 import { RuntimeMetrics } from './ops/metrics.ts';
 import { startOpsServer, type Health, type OpsServer } from './ops/http.ts';
@@ -276,6 +276,20 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
         if (this.ended.size === this.sources.size) this.emit('idle');
       });
     }
+    // Actuators on a supervised link (serial, firmware bridge) report losing it: a lasting
+    // fault, so an output nobody can drive keeps the machine safe until the link is back.
+    for (const [name, a] of this.actuators) {
+      const e = a as Actuator & { on?: (ev: string, fn: (...args: never[]) => void) => unknown };
+      if (typeof e.on !== 'function') continue;
+      e.on('fault', (err: KeelError) => {
+        this.log.warn({ actuator: name, code: err.code, err: err.message }, 'actuator link fault');
+        this.watchdog.report(`actuator-fault:${name}`, `${name}: ${err.message}`, { lasting: true });
+      });
+      e.on('recovered', () => {
+        this.log.info({ actuator: name }, 'actuator link recovered');
+        this.watchdog.resolve(`actuator-fault:${name}`);
+      });
+    }
   }
 
   /**
@@ -438,6 +452,33 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       }
     }
     return applied;
+  }
+
+  /**
+   * Drives one actuator on an operator's word (a signed command), exactly as a decision action
+   * would be: refused ('suppressed') while the safe state holds, re-driven safe if a fault lands
+   * during the write, reported as an `action` event with `origin`, a failed write reported to
+   * the watchdog like any actuator failure. Resolves 'applied' or 'suppressed'.
+   * @throws RangeError if no actuator is named `name`; KeelError (KEEL_E_ACTUATOR) if the
+   *   runtime is not running, or the write's error.
+   */
+  async actuate(name: string, value: ActuatorValue, origin: string): Promise<'applied' | 'suppressed'> {
+    if (typeof name !== 'string' || !this.actuators.has(name)) throw new RangeError(`name: no actuator named ${JSON.stringify(String(name).slice(0, 80))}`);
+    if (this.status !== 'ok') throw new KeelError('KEEL_E_ACTUATOR', `the runtime is ${this.status === 'stopping' ? 'stopping' : 'not started'}; actuators are driven only while it runs`);
+    const t = this.deps.clock.now();
+    try {
+      const result = await this.safeState.apply({ actuator: name, value }, { origin, time: new Date(t).toISOString() });
+      this.metrics.actions.inc({ actuator: name, result: result === 'applied' ? 'ok' : 'suppressed' });
+      this.emit('action', { actuator: name, value, origin, result: result === 'applied' ? 'ok' : 'suppressed', t });
+      return result;
+    } catch (err) {
+      const e = asError(err);
+      this.metrics.actions.inc({ actuator: name, result: 'failed' });
+      this.emit('action', { actuator: name, value, origin, result: 'failed', error: e.message, t });
+      this.log.warn({ actuator: name, origin, err: e.message }, 'action failed');
+      this.watchdog.report('actuator-failure', `${name}: ${e.message}`);
+      throw err;
+    }
   }
 
   private onFault(f: Fault): void {

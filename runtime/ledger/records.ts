@@ -4,7 +4,7 @@
  *   v      format version (1)
  *   seq    the record's index in the log (0-based; equals its leaf index)
  *   t      device time, epoch milliseconds
- *   kind   inference | decision | action | fault | event | config | gap
+ *   kind   inference | decision | action | fault | event | config | gap | command
  * Numbers are JSON numbers (IEEE doubles): float32 model outputs are widened exactly, so a
  * verifier that re-runs the model compares bit for bit.
  */
@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 export const RECORD_VERSION = 1;
 
 /** The kinds of record keel writes. */
-export type RecordKind = 'inference' | 'decision' | 'action' | 'fault' | 'event' | 'config' | 'gap';
+export type RecordKind = 'inference' | 'decision' | 'action' | 'fault' | 'event' | 'config' | 'gap' | 'command';
 
 /** Fields every record carries. */
 export interface RecordBase {
