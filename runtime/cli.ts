@@ -64,6 +64,7 @@ Commands:
   id                print a device key's verifier key (name+keyid+base64)
   log <sub> <dir>   the signed ledger: append, checkpoint, proof, consistency, export, verify, tail
   record <config|dev>  capture a live serial source or MCU link to a replayable CSV/JSONL file
+  hil <run|check> <scenario...>  hardware-in-the-loop scenarios on the emulated AVR (simavr)
   fleet <sub>       the fleet: serve (broker + ingest), enroll, revoke, user, devices, tail, verify, proof, send, ingest
   version           print the version
 
@@ -421,6 +422,9 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return cmdSchema(rest, io);
       case 'record':
         return await cmdRecord(rest, io);
+      case 'hil':
+        // Imported lazily: keel run does not load the HIL harness.
+        return await (await import('../firmware-bridge/hil/cli.ts')).cmdHil(rest, io);
       case 'fleet':
         // Imported lazily: keel run does not load aedes, ws and SQLite.
         return await (await import('../fleet/serve.ts')).cmdFleet(rest, io);

@@ -34,7 +34,7 @@ export const HIL_HELP = `Usage: keel hil <command> [options]
 Runs hardware-in-the-loop scenarios: the MCU firmware on an emulated ATmega328P (simavr),
 keel's runtime with a config against the board's serial port, sensor waveforms played into
 the board's pins, and assertions on decisions and output pins within time windows.
-Scenario format: firmware-bridge/hil/README.md; examples: examples/hil/*.hil.yaml.
+Scenario format: firmware-bridge/hil/SCENARIOS.md; examples: examples/hil/*.hil.yaml.
 
 Commands:
   run <scenario...>    run scenarios, print a report, exit 1 if any assertion fails

@@ -15,8 +15,9 @@
  *   n transitions into the state).
  * The window opens at `after` (a named event, or the first time a matcher is observed from
  * scenario start; default: start) plus `afterMs`, and closes `withinMs` later, at `before`
- * (same forms as `after`), or at the end of the scenario, whichever comes first. Times are
- * scenario milliseconds; windows include both ends.
+ * (same forms as `after`; the anchor's own instant is outside), or at the end of the
+ * scenario, whichever comes first. Times are scenario milliseconds; windows include both
+ * ends, except a `before` end.
  */
 
 /** The state of an emulated pin as observed, from `atMs` on. */
@@ -267,6 +268,9 @@ function anchorTime(a: Anchor, tl: Timeline): number | null {
 
 const ms = (t: number) => `${Math.round(t)} ms`;
 
+/** How far before a `before` anchor the window closes, ms (less than any clock's resolution). */
+const BEFORE_EPSILON_MS = 1e-6;
+
 /** Short text of a matcher: `pin 9 = 0`, `decision stall-guard/stall enter`, `safe state`. */
 export function describeMatcher(m: Matcher): string {
   switch (matcherKey(m)) {
@@ -391,7 +395,8 @@ export function evaluate(e: Expectation, index: number, tl: Timeline): Assertion
   if (e.before !== undefined) {
     const b = anchorTime(e.before, tl);
     if (b === null) beforeNote = ` (${describeAnchor(e.before)} never happened: checked until the end)`;
-    else to = Math.min(to, b);
+    // `before` means before: the anchor's own instant is outside the window.
+    else to = Math.min(to, b - BEFORE_EPSILON_MS);
   }
   const window = { fromMs: from, toMs: to };
   const span = `between ${at(from, afterName, anchorT)} and ${ms(to)}${beforeNote}`;

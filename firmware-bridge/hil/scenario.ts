@@ -4,7 +4,7 @@
  * and which decisions and output changes must happen within which time windows. The format
  * is one TypeBox schema validated with Ajv (unknown keys refused, every problem reported at
  * once with its path), then cross-checked against the config it names. Documented in
- * firmware-bridge/hil/README.md ("Scenarios").
+ * firmware-bridge/hil/SCENARIOS.md.
  *
  * `runScenario()` starts the emulated board (harness.ts), builds a real keel `Runtime`
  * in-process from the config exactly as `keel run` does (loadConfigFile, createDriverDeps,
@@ -533,7 +533,11 @@ export interface RunScenarioOptions {
   speed?: number;
   /** Called with a line of progress (board started, link up, each named event). */
   progress?: (line: string) => void;
-  /** The clock the feeding schedule runs on (default: the system clock). */
+  /**
+   * The clock of the runtime and of the feeding schedule (default: the system clock). The
+   * board runs in real time, so this must advance in real time too; it is a slot for a
+   * clock with other timer bookkeeping, not for a FakeClock.
+   */
   clock?: Clock;
   /** Log level of the runtime's logger (its lines are kept in the result; default 'info'). */
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';

@@ -52,9 +52,10 @@ const corpus = readdirSync(path.join(ROOT, BROKEN))
   .sort()
   .map((f) => `${BROKEN}/${f}`);
 const JSON_CASES = ['many-errors.yaml', 'tensor-names.yaml', 'replay-policy-missing.yaml'].map((f) => `${BROKEN}/${f}`);
-const EXAMPLES = ['examples', 'examples/policy', GOOD].flatMap((d) =>
+const EXAMPLES = ['examples', 'examples/policy', 'examples/hil', GOOD].flatMap((d) =>
   readdirSync(path.join(ROOT, d))
-    .filter((f) => f.endsWith('.yaml'))
+    // HIL scenario files (*.hil.yaml) are not keel configurations; keel hil check reads them.
+    .filter((f) => f.endsWith('.yaml') && !f.endsWith('.hil.yaml'))
     .map((f) => `${d}/${f}`),
 );
 const zeroBytes = path.join(tmp, 'robot.yaml');
