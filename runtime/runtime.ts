@@ -81,6 +81,13 @@ export interface RuntimeEvents {
   idle: [];
 }
 
+/** A completed window waiting to run, with its time and the sensor values when it completed. */
+interface Scheduled {
+  frame: Frame;
+  t: number;
+  sensors: Record<string, number>;
+}
+
 interface PipelineState {
   cfg: PipelineConfig;
   windower: Windower;
@@ -88,7 +95,7 @@ interface PipelineState {
   rules: RuleEngine;
   policy?: PolicyHost;
   busy: boolean;
-  pending?: Frame;
+  pending?: Scheduled;
   lastFrameAt: number;
   latency: LatencyWindow;
   /** Metric children with this pipeline's label bound (label lookup costs ~1 µs per call). */
@@ -325,12 +332,14 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       const before = p.windower.incomplete;
       const frame = p.windower.push(s);
       if (p.windower.incomplete !== before) this.metrics.incomplete.inc({ pipeline: p.cfg.name });
-      if (frame) this.schedule(p, frame);
+      // The window's time and the sensor values a rule may read are taken now, when the window
+      // completes: by the time it runs (after a busy model, or a burst of samples) both moved on.
+      if (frame) this.schedule(p, { frame, t: p.windower.lastTime, sensors: p.usesSensors ? this.sensorValues() : NO_SENSORS });
     }
   }
 
   /** Runs the frame now, or keeps it as the one pending frame (newest wins, older counted as dropped). */
-  private schedule(p: PipelineState, frame: Frame): void {
+  private schedule(p: PipelineState, frame: Scheduled): void {
     p.m.windows.inc();
     if (p.busy) {
       if (p.pending) {
@@ -345,11 +354,11 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     void this.drain(p, frame);
   }
 
-  private async drain(p: PipelineState, first: Frame): Promise<void> {
-    let frame: Frame | undefined = first;
+  private async drain(p: PipelineState, first: Scheduled): Promise<void> {
+    let frame: Scheduled | undefined = first;
     try {
       while (frame && this.status !== 'stopping') {
-        await this.process(p, frame);
+        await this.process(p, frame.frame, frame.t, frame.sensors);
         frame = p.pending;
         p.pending = undefined;
       }
@@ -363,7 +372,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
     }
   }
 
-  private async process(p: PipelineState, frame: Frame, t = p.windower.lastTime): Promise<void> {
+  private async process(p: PipelineState, frame: Frame, t: number, sensors?: Record<string, number>): Promise<void> {
     const { clock } = this.deps;
     const name = p.cfg.name;
     const reset = p.cfg.model.stateReset;
@@ -406,7 +415,7 @@ export class Runtime extends EventEmitter<RuntimeEvents> {
       });
     }
 
-    const decisionInput = { pipeline: name, t, outputs, sensors: p.usesSensors ? this.sensorValues() : NO_SENSORS };
+    const decisionInput = { pipeline: name, t, outputs, sensors: p.usesSensors ? (sensors ?? this.sensorValues()) : NO_SENSORS };
     const events = p.rules.evaluate(decisionInput);
     for (const ev of events) {
       p.decisions++;

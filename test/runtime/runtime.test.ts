@@ -225,3 +225,25 @@ test('Runtime.create reports every model problem at once with config paths', asy
     },
   );
 });
+
+test('a sensor rule sees the sensor values of the moment its window completed, not of when it ran', async () => {
+  const clock = new SystemClock();
+  const config = parseConfigText(obstacleConfigNoSerial(), 'obstacle.yaml');
+  const gpio = new SimGpioBackend({ clock });
+  const push = new PushSource('lidar', { clock });
+  const rt = await Runtime.create(config, { clock, logger: silent, baseDir: dir, serial: new MockSerialOpener(), gpio, sources: { lidar: push }, noHttp: true });
+  const decisions: string[] = [];
+  rt.on('decision', (d) => decisions.push(`${d.rule}:${d.state}`));
+  await rt.start();
+  try {
+    // A bumper pulse that lasts one sample, in a burst: the first window is still being inferred
+    // when the release arrives. Its rule must still see the bumper pressed.
+    push.push(scan(1, 1));
+    push.push(scan(1, 0));
+    await waitFor(() => rt.snapshot().pipelines[0].inferences === 2, 'both windows inferred');
+    await rt.settled();
+    assert.deepEqual(decisions, ['bumped:enter', 'bumped:exit']);
+  } finally {
+    await rt.stop('test done');
+  }
+});
