@@ -20,7 +20,9 @@ import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
 import { cmdRecord, RECORD_HELP } from '../firmware-bridge/record.ts';
-import { generateKeyFile, loadKeyFile } from './ledger/keys.ts';
+import { generateKeyFile, loadKeyFile, type DeviceKey } from './ledger/keys.ts';
+import { startSync, type SyncHandle } from './sync/attach.ts';
+import { createCommandHandler } from './sync/commands.ts';
 import { LedgerRecorder } from './ledger/recorder.ts';
 
 /** Process exit codes. */
@@ -296,9 +298,10 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     generateKeyFile(path.join(tmp, 'demo.key'), { name: `${config.device.name}.demo` });
     config.ledger = { dir: path.join(tmp, 'ledger'), key: path.join(tmp, 'demo.key'), durability: 'batch', flushMs: 200, intervalMs: 1000, checkpointEveryRecords: 1000, checkpointEveryMs: 5000, maxBuffered: 100_000, onFull: 'drop-oldest' };
   }
+  let deviceKey: DeviceKey | undefined;
   if (config.ledger) {
     try {
-      const key = loadKeyFile(path.resolve(dir, config.ledger.key));
+      const key = (deviceKey = loadKeyFile(path.resolve(dir, config.ledger.key)));
       recorder = await LedgerRecorder.open(config.ledger, key, config.device.name, path.resolve(dir, config.ledger.dir), clock, logger);
       recorder.attach(runtime, readFileSync(o.file));
     } catch (err) {
@@ -334,6 +337,51 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     io.err(`keel: cannot start: ${asError(err).message}`);
     return err instanceof KeelError && err.code === 'KEEL_E_CONFIG' ? EXIT.config : EXIT.failure;
   }
+  // Sync starts once the runtime runs (commands may actuate); a fleet that is down only grows
+  // the backlog, so only a sync section that cannot work at all (unreadable fleet key) stops keel.
+  let sync: SyncHandle | undefined;
+  if (config.sync && recorder && deviceKey) {
+    const ledger = recorder.ledger;
+    const rec = recorder;
+    const key = deviceKey;
+    const operators = config.sync.operators;
+    try {
+      sync = await startSync({
+        config,
+        baseDir: dir,
+        runtime,
+        ledger,
+        key,
+        clock,
+        logger,
+        commands: (client) =>
+          createCommandHandler({
+            device: config.device.name,
+            key: { name: ledger.origin, privateKey: key.privateKey },
+            operators,
+            runtime,
+            recorder: rec,
+            clock,
+            logger,
+            stateFile: path.join(ledger.dir, 'commands.json'),
+            actions: {
+              // Not recorder.checkpoint(): that one logs and swallows a failure, which would be answered as done.
+              checkpoint: async () => {
+                await rec.flush();
+                await ledger.checkpoint();
+              },
+              sync: () => client.requestSync(),
+              rebirth: () => void client.rebirth(),
+            },
+          }).handle,
+      });
+    } catch (err) {
+      await runtime.stop('sync unavailable').catch(() => undefined);
+      await recorder.close().catch(() => undefined);
+      io.err(`keel: cannot start sync: ${asError(err).message}`);
+      return err instanceof KeelError && err.code === 'KEEL_E_CONFIG' ? EXIT.config : EXIT.failure;
+    }
+  }
   // The live view takes whichever stream the logs do not use: stdout for the demo (logs on
   // stderr), stderr for `run --live` (JSON logs on stdout).
   if (o.live !== 'none') {
@@ -344,6 +392,8 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   const reason = await stopped;
   view?.stop();
   await runtime.stop(reason);
+  // Sync stops before the ledger closes: in-flight acks are awaited briefly, then the offline status.
+  await sync?.stop().catch((err) => logger.warn({ err: asError(err).message }, 'sync stop failed'));
   // After the runtime stopped (safe state recorded): final flush, checkpoint, close.
   await recorder?.close();
   // The last line of a clean run: tells a supervisor's log a clean stop from a crash.

@@ -14,6 +14,8 @@ export interface LiveViewOptions {
   intervalMs?: number;
   /** The ledger recorder, when the runtime records a ledger. */
   ledger?: { stats(): { appended: number; buffered: number; checkpoints: number; failures: number; dropped: number } };
+  /** The sync client, when the runtime syncs with a fleet. */
+  sync?: { stats(): { connected: boolean; delivered: number; backlog: number; inFlight: number; reconnects: number; acks: number; nacks: number; bytesSent: number } };
 }
 
 /** Prints runtime snapshots periodically. */
@@ -72,6 +74,7 @@ export class LiveView {
         JSON.stringify({
           ...snap,
           ...(this.o.ledger ? { ledger: this.o.ledger.stats() } : {}),
+          ...(this.o.sync ? { sync: this.o.sync.stats() } : {}),
           sources: snap.sources.map((s) => ({ ...s, rateHz: round(rate(s.name, s.samples)) })),
           pipelines: snap.pipelines.map((p) => ({ ...p, inferencesPerS: round(irate(p.name, p.inferences)) })),
         }),
@@ -90,6 +93,8 @@ export class LiveView {
       }
       const lg = this.o.ledger?.stats();
       if (lg) out.push(`  ledger   ${lg.appended} records  ${lg.checkpoints} checkpoints signed  buffered ${lg.buffered}${lg.failures ? `  failures ${lg.failures}` : ''}${lg.dropped ? `  DROPPED ${lg.dropped}` : ''}`);
+      const sy = this.o.sync?.stats();
+      if (sy) out.push(`  sync     ${sy.connected ? 'online' : 'OFFLINE'}  delivered ${sy.delivered}  backlog ${sy.backlog}  in flight ${sy.inFlight}  acks ${sy.acks}${sy.nacks ? `  nacks ${sy.nacks}` : ''}  sent ${(sy.bytesSent / 1048576).toFixed(1)} MiB${sy.reconnects ? `  reconnects ${sy.reconnects}` : ''}`);
       if (snap.actuators.length) out.push(`  outputs  ${snap.actuators.map((a) => `${a.name}=${a.value === undefined ? '-' : String(a.value).trim()}`).join('  ')}`);
       for (const r of this.recent) out.push(`  ${r}`);
       if (this.o.tty && this.lines > 0 && !final) this.o.write(`\x1b[${this.lines}A\x1b[J` + out.join('\n'));

@@ -81,3 +81,58 @@ export class RuntimeMetrics {
     return this.registry.contentType;
   }
 }
+
+/** The sync numbers /metrics exports (runtime/sync/client.ts SyncStats has them all). */
+export interface SyncMetricStats {
+  connected: boolean;
+  delivered: number;
+  backlog: number;
+  inFlight: number;
+  reconnects: number;
+  acks: number;
+  ackRejects: number;
+  nacks: number;
+  ackTimeouts: number;
+  batchesSent: number;
+  recordsSent: number;
+  bytesSent: number;
+  telemetrySent: number;
+  telemetryDropped: number;
+}
+
+/** Registers the device-sync metrics on `registry`, pulled from `read()` at scrape time. */
+export function registerSyncMetrics(registry: Registry, read: () => SyncMetricStats): void {
+  const gauge = (name: string, help: string, pick: (s: SyncMetricStats) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(pick(read()));
+      },
+    });
+  const counter = (name: string, help: string, pick: (s: SyncMetricStats) => number) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(pick(read()));
+      },
+    });
+  gauge('keel_sync_connected', '1 while connected to the fleet broker', (s) => (s.connected ? 1 : 0));
+  gauge('keel_sync_delivered_records', 'Records the fleet acknowledged with a verified cosignature', (s) => s.delivered);
+  gauge('keel_sync_backlog_records', 'Records not yet acknowledged by the fleet', (s) => s.backlog);
+  gauge('keel_sync_in_flight_batches', 'Ledger batches sent and awaiting the fleet\'s ack', (s) => s.inFlight);
+  counter('keel_sync_reconnects_total', 'Reconnects after a failed or lost connection', (s) => s.reconnects);
+  counter('keel_sync_acks_total', 'Fleet acks that verified and advanced delivery', (s) => s.acks);
+  counter('keel_sync_ack_rejects_total', 'Acks refused (bad cosignature, foreign checkpoint, malformed)', (s) => s.ackRejects);
+  counter('keel_sync_nacks_total', 'Batches the fleet refused', (s) => s.nacks);
+  counter('keel_sync_ack_timeouts_total', 'Batches not acknowledged in time (resent)', (s) => s.ackTimeouts);
+  counter('keel_sync_batches_sent_total', 'Ledger batches published', (s) => s.batchesSent);
+  counter('keel_sync_records_sent_total', 'Records published in batches (resends included)', (s) => s.recordsSent);
+  counter('keel_sync_bytes_sent_total', 'Batch payload bytes published', (s) => s.bytesSent);
+  counter('keel_sync_telemetry_sent_total', 'Telemetry messages published', (s) => s.telemetrySent);
+  counter('keel_sync_telemetry_dropped_total', 'Telemetry messages dropped while offline', (s) => s.telemetryDropped);
+}
