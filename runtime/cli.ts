@@ -22,6 +22,7 @@ import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
 import { cmdRecord, RECORD_HELP } from '../firmware-bridge/record.ts';
 import { generateKeyFile, loadKeyFile, type DeviceKey } from './ledger/keys.ts';
 import { startSync, type SyncHandle } from './sync/attach.ts';
+import { syncFileIssues } from './sync/config.ts';
 import { createCommandHandler } from './sync/commands.ts';
 import { LedgerRecorder } from './ledger/recorder.ts';
 
@@ -187,6 +188,7 @@ function fileIssues(config: KeelConfig, dir: string): ConfigIssue[] {
       issues.push({ path: 'ledger.key', message: asError(err).message });
     }
   }
+  if (config.sync) issues.push(...syncFileIssues(config.sync, dir));
   config.pipelines.forEach((p, i) => {
     if (!p.policy) return;
     try {
@@ -386,7 +388,7 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   // stderr), stderr for `run --live` (JSON logs on stdout).
   if (o.live !== 'none') {
     const toStdout = o.logFd === 2;
-    view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name, ledger: recorder });
+    view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name, ledger: recorder, sync: sync?.client });
   }
   view?.start();
   const reason = await stopped;

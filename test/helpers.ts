@@ -27,10 +27,10 @@ export function requireTool(t: TestContext, tool: string, install: string): bool
   return false;
 }
 
-/** Resolves when `cond()` holds, polling every `everyMs`; rejects after `timeoutMs` with `what`. */
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 5000, everyMs = 10): Promise<void> {
+/** Resolves when `cond()` (sync or async) holds, polling every `everyMs`; rejects after `timeoutMs` with `what`. */
+export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000, everyMs = 10): Promise<void> {
   const end = Date.now() + timeoutMs;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }

@@ -473,8 +473,8 @@ const SyncSection = Type.Object(
     maxInFlight: Type.Integer({ minimum: 1, maximum: 64, default: 4, description: 'ledger batches sent and not yet acknowledged by the fleet' }),
     batchRecords: Type.Integer({ minimum: 1, maximum: 100_000, default: 2000, description: 'most records in one batch' }),
     batchBytes: Type.Integer({ minimum: 1024, maximum: 4_194_304, default: 1_048_576, description: 'most record bytes in one batch (one record larger than this goes alone)' }),
-    rateRecordsPerS: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 50_000, description: 'average records sent per second (bursts up to one second\'s worth)' }),
-    rateBytesPerS: Type.Integer({ minimum: 1024, maximum: 10_737_418_240, default: 16_777_216, description: 'average batch bytes sent per second (bursts up to one second\'s worth)' }),
+    rateRecordsPerS: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 20_000, description: 'average records sent per second (bursts up to one second\'s worth)' }),
+    rateBytesPerS: Type.Integer({ minimum: 1024, maximum: 10_737_418_240, default: 8_388_608, description: 'average batch bytes sent per second (bursts up to one second\'s worth)' }),
     ackTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000, description: 'a batch not acknowledged this long after the broker took it is sent again (after a backoff)' }),
     reconnect: Type.Object(
       {

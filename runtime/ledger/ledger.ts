@@ -165,6 +165,14 @@ export class Ledger {
     return this.store.read(index);
   }
 
+  /**
+   * The exact bytes of consecutive records from `start` with one read (see LedgerStore.readRange):
+   * at least one, stopping before `end`, within `maxBytes`, or at a segment end. Sync reads with it.
+   */
+  readRange(start: number, end: number, maxBytes: number): Buffer[] {
+    return this.store.readRange(start, end, maxBytes);
+  }
+
   /** Signs a checkpoint of the current tree and makes it the latest (atomically). Returns the note. */
   async checkpoint(): Promise<string> {
     if (!this.signer) throw new KeelError('KEEL_E_USAGE', 'signing a checkpoint needs the device key (--key)');

@@ -587,6 +587,40 @@ export class LedgerStore {
     return Buffer.from(frame.subarray(4, 4 + len));
   }
 
+  /**
+   * The exact bytes of consecutive records from `start`, each checked like `read` (frame length,
+   * checksum), with one positioned read: at least one record when start < end, then as many as
+   * fit in `maxBytes` of record bytes, stopping before `end` and at the end of `start`'s
+   * segment. The buffers are views into one fresh allocation. Throws as `read` does.
+   */
+  readRange(start: number, end: number, maxBytes: number): Buffer[] {
+    this.checkOpen();
+    if (typeof end !== 'number' || !Number.isSafeInteger(end) || end <= start || end > this.n) throw new RangeError(`end must be an integer in (${start}, ${this.n}], got ${end}`);
+    if (typeof maxBytes !== 'number' || !(maxBytes >= 1)) throw new RangeError(`maxBytes must be a number >= 1, got ${maxBytes}`);
+    const firstRecord = this.read(start); // validates start, refuses pruned indexes
+    const seg = this.segmentOf(start);
+    const last = Math.min(end, seg.first + seg.count);
+    const out: Buffer[] = [firstRecord];
+    if (last === start + 1 || firstRecord.length >= maxBytes) return out;
+    const off = this.frameOffset(seg, start + 1);
+    const len = Math.min(seg.bytes - off, Math.ceil(maxBytes - firstRecord.length) + (last - start - 1) * FRAME_OVERHEAD);
+    const buf = Buffer.allocUnsafe(len);
+    const got = this.readFully(seg.recFd, buf, off);
+    const file = segName(seg.first, 'rec');
+    let p = 0;
+    let total = firstRecord.length;
+    for (let i = start + 1; i < last && p + 4 <= got; i++) {
+      const n = buf.readUInt32BE(p);
+      if (n === 0 || n > MAX_RECORD_BYTES || off + p + n + FRAME_OVERHEAD > seg.bytes) throw corruptError(this.dir, { index: i, file, offset: off + p, reason: `implausible record length ${n}` });
+      if (p + n + FRAME_OVERHEAD > got || total + n > maxBytes) break; // the next record does not fit in maxBytes
+      total += n;
+      if (crc32(buf.subarray(p, p + 4 + n)) !== buf.readUInt32BE(p + 4 + n)) throw corruptError(this.dir, { index: i, file, offset: off + p, reason: 'checksum mismatch' });
+      out.push(buf.subarray(p + 4, p + 4 + n));
+      p += n + FRAME_OVERHEAD;
+    }
+    return out;
+  }
+
   /** Hash of the perfect subtree of 2^level leaves starting at leaf index*2^level (one positioned read). RangeError unless complete within `size`. */
   node(level: number, index: number): Buffer {
     this.checkOpen();

@@ -98,8 +98,14 @@ export interface SyncClientOptions {
   random?: () => number;
   /** MQTT keepalive, seconds (default 30). */
   keepaliveS?: number;
-  /** How often the ledger is checked for new records while connected, ms (default 250). */
+  /**
+   * How often the ledger is checked for new records while connected, ms (default 1000). Each
+   * batch costs a checkpoint signature, fsyncs and an ack, so live records go in batches at
+   * about this pace, not one by one (an SD card's write budget is finite).
+   */
   pollMs?: number;
+  /** Least time between two prunes of delivered records, ms (default 5000; each one fsyncs the store). */
+  pruneEveryMs?: number;
 }
 
 /** Counters and gauges for /metrics and the live view. */
@@ -165,14 +171,12 @@ interface InFlight {
 const MAX_SMALL_JSON = 4096;
 /** Largest ack read, bytes (a checkpoint note with a few signature lines is well under 1 KiB). */
 const MAX_ACK_BYTES = 16 * 1024;
-/** Prunes at most this often, ms (each one fsyncs the store). */
-const PRUNE_EVERY_MS = 1000;
 /** Commands queued while one runs; beyond this they are dropped (and logged). */
 const MAX_QUEUED_COMMANDS = 32;
 /** Longest a command handler may take before its result is given up, ms. */
 const COMMAND_TIMEOUT_MS = 30_000;
 /** Longest stretch of synchronous ledger reading before yielding to the event loop, ms. */
-const SLICE_MS = 2;
+const SLICE_MS = 1;
 /** A record whose entry would not fit in a batch goes as its hash only (bytes). */
 const MAX_RECORD_IN_BATCH = MAX_BATCH_BYTES - MAX_BATCH_HEADER_BYTES - 5;
 
@@ -219,6 +223,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
   private resendAttempt = 0;
   private pumping = false;
   private pumpAgain = false;
+  private pumpDone?: Promise<void>;
 
   private reconnectTimer?: TimerHandle;
   private resendTimer?: TimerHandle;
@@ -412,7 +417,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
         () => {
           if (this.next < this.ledger.size) this.pump();
         },
-        this.o.pollMs ?? 250,
+        this.o.pollMs ?? 1000,
       );
       this.pump();
     } catch (err) {
@@ -501,8 +506,9 @@ export class SyncClient extends EventEmitter<SyncEvents> {
       return;
     }
     this.pumping = true;
-    void this.pumpLoop()
+    this.pumpDone = this.pumpLoop()
       .catch((err) => {
+        if (this.stopping) return; // the ledger may be closing under us: nothing to retry
         const e = asError(err);
         this.st.lastError = e.message;
         this.log.error({ err: e.message, code: (err as KeelError).code }, 'sync could not build a batch from the ledger; retrying after a backoff');
@@ -916,14 +922,14 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     if (this.s.pruneDelivered) this.prune();
   }
 
-  /** Prunes below the persisted delivered size; at most every PRUNE_EVERY_MS, one at a time. */
+  /** Prunes below the persisted delivered size; at most every pruneEveryMs, one at a time. */
   private prune(): void {
     if (this.pruning) {
       this.prunePending = true;
       return;
     }
     if (this.pruneTimer) return;
-    const wait = this.lastPruneAt + PRUNE_EVERY_MS - this.clock.monotonic();
+    const wait = this.lastPruneAt + (this.o.pruneEveryMs ?? 5000) - this.clock.monotonic();
     if (wait > 0) {
       this.pruneTimer = this.clock.setTimeout(
         'sync:prune',
@@ -1043,6 +1049,8 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     }
     this.clock.cancel(this.ackTimer);
     this.ackTimer = undefined;
+    // A batch being built finishes (or is dropped) before the ledger can be closed.
+    await this.pumpDone;
     await this.pruning;
     await this.persist().catch((err) => this.log.error({ err: asError(err).message }, 'cannot save the delivery state at stop'));
     const link = this.link;

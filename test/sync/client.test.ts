@@ -8,13 +8,19 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
+import http from 'node:http';
+import tls from 'node:tls';
+import { Aedes } from 'aedes';
 import mqtt from 'mqtt';
+import { WebSocketServer, createWebSocketStream } from 'ws';
 import { SystemClock } from '../../runtime/clock.ts';
 import type { Ledger } from '../../runtime/ledger/ledger.ts';
 import { SYNC_STATE_FILE } from '../../runtime/sync/cursor.ts';
 import { Telemetry } from '../../runtime/sync/telemetry.ts';
 import { openEnvelope, TELEMETRY_DOMAIN, type StatusBody, type TelemetryBody } from '../../runtime/sync/wire.ts';
 import type { SyncClient } from '../../runtime/sync/client.ts';
+import { requireTool } from '../helpers.ts';
 import { appendRecords, deviceKey, FakeFleet, fleetKey, openClient, openLedger, sleep, tempDir, TestBroker, testSettings, until } from './fixtures.ts';
 
 const clock = new SystemClock();
@@ -316,5 +322,65 @@ test('telemetry is signed by the device key and verifiable; commands are answere
   assert.equal(tel.tick(), false);
   assert.equal(tel.stats().dropped, 1);
   watcher.end(true);
+  await r.close();
+});
+
+test('over WebSocket (ws://) the same: connect, drain, ack', async () => {
+  const r = await rig(300);
+  // A second listener of the same kind a browser-facing fleet has: MQTT over WebSocket.
+  const aedes = await Aedes.createBroker();
+  const server = http.createServer();
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws) => aedes.handle(createWebSocketStream(ws) as never));
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const url = `ws://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const fleet = new FakeFleet(url, r.fk, { dev1: r.dk.vkey });
+  await fleet.start();
+  const c = await openClient({ device: 'dev1', ledger: r.ledger, key: r.dk, fleet: r.fk, settings: testSettings(url, r.fk.vkey), clock });
+  c.start();
+  await until(() => c.deliveredSize === 300, 'delivered over ws');
+  assert.deepEqual(fleet.device('dev1').problems, []);
+  await c.stop();
+  await fleet.stop();
+  for (const ws of wss.clients) ws.terminate();
+  wss.close();
+  await new Promise<void>((res) => server.close(() => res()));
+  await new Promise<void>((res) => aedes.close(() => res()));
+  await r.close();
+});
+
+test('over TLS (mqtts://) with the configured CA; without it the device refuses the broker', async (t) => {
+  if (!requireTool(t, 'openssl', 'apt-get install openssl')) return;
+  const r = await rig(200);
+  const cert = path.join(r.dir, 'cert.pem');
+  const keyFile = path.join(r.dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', cert, '-days', '1', '-subj', '/CN=keel-test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const aedes = await Aedes.createBroker();
+  const server = tls.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(keyFile) }, (s) => aedes.handle(s));
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+  const port = (server.address() as { port: number }).port;
+  // The fake fleet reaches the same aedes over plain TCP (the rig's broker is another one).
+  const plain = await import('node:net').then((net) => net.createServer((s) => aedes.handle(s)));
+  await new Promise<void>((res) => plain.listen(0, '127.0.0.1', () => res()));
+  const fleet = new FakeFleet(`mqtt://127.0.0.1:${(plain.address() as { port: number }).port}`, r.fk, { dev1: r.dk.vkey });
+  await fleet.start();
+  const url = `mqtts://127.0.0.1:${port}`;
+  // No CA: the self-signed certificate is refused, and the device keeps retrying.
+  const bare = await openClient({ device: 'dev1', ledger: r.ledger, key: r.dk, fleet: r.fk, settings: testSettings(url, r.fk.vkey), clock });
+  const failures: string[] = [];
+  bare.on('backoff', (b) => failures.push(b.reason));
+  bare.start();
+  await until(() => failures.length >= 1, 'refused without the CA');
+  assert.equal(bare.isConnected, false);
+  assert.match(bare.stats().lastError ?? '', /certificate/i);
+  await bare.stop();
+  const c = await openClient({ device: 'dev1', ledger: r.ledger, key: r.dk, fleet: r.fk, settings: testSettings(url, r.fk.vkey), clock, ca: fs.readFileSync(cert) });
+  c.start();
+  await until(() => c.deliveredSize === 200, 'delivered over TLS');
+  await c.stop();
+  await fleet.stop();
+  await new Promise<void>((res) => server.close(() => res()));
+  await new Promise<void>((res) => plain.close(() => res()));
+  await new Promise<void>((res) => aedes.close(() => res()));
   await r.close();
 });

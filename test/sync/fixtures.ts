@@ -262,6 +262,8 @@ export function openClient(o: { device: string; ledger: Ledger; key: DeviceKey &
     audience: o.fleet.name,
     fleetKey: o.fleet.vkey,
     logger: silent,
+    pollMs: 50,
+    pruneEveryMs: 50,
     ...o,
     key: { name: o.key.name, privateKey: o.key.privateKey },
   });
