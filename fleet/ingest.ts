@@ -314,7 +314,7 @@ export class Ingest {
       const timer = this.clock.setTimeout('ingest.start-timeout', () => fail(`not connected within ${this.o.startTimeoutMs} ms`), this.o.startTimeoutMs);
       const subscribe = () => {
         client.subscribe(
-          { [this.logFilter]: { qos: 1 }, [`${this.o.prefix}/+/status`]: { qos: 1 } },
+          { [this.logFilter]: { qos: 1 }, [`${this.o.prefix}/+/status`]: { qos: 1 }, ...(this.o.announce ? { [stateTopic]: { qos: 1 } } : {}) },
           (err, granted) => {
             if (settled) return;
             const refused = (granted ?? []).find((g) => g.qos === 128);
@@ -409,6 +409,11 @@ export class Ingest {
       }
     } else if (where?.rest === 'status') {
       this.onStatus(where.device, payload);
+    } else if (topic === fleetStateTopic(this.o.prefix) && this.o.announce && !this.stopped) {
+      // Another worker died (its Will) or stopped and said the fleet is offline; while this one
+      // runs the fleet is not, and devices must not pause their backlog until the next
+      // periodic announcement.
+      if (/"online"\s*:\s*false/.test(payload.toString('utf8', 0, 512))) this.announce();
     }
     done();
   }
