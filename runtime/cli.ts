@@ -20,11 +20,13 @@ import { KEEL_VERSION, Runtime, inputElements, ruleIssues } from './runtime.ts';
 import { createDriverDeps } from '../drivers/index.ts';
 import { cmdId, cmdKeygen, cmdLog } from './cli-log.ts';
 import { cmdRecord, RECORD_HELP } from '../firmware-bridge/record.ts';
-import { generateKeyFile, loadKeyFile, type DeviceKey } from './ledger/keys.ts';
+import { generateKeyFile, type DeviceKey } from './ledger/keys.ts';
 import { startSync, type SyncHandle } from './sync/attach.ts';
 import { syncFileIssues } from './sync/config.ts';
 import { createCommandHandler } from './sync/commands.ts';
-import { LedgerRecorder } from './ledger/recorder.ts';
+import { LedgerRecorder, ledgerKey, ledgerKeyProblem } from './ledger/recorder.ts';
+import { verifierKey } from './ledger/note.ts';
+import { ServiceNotifications } from './ops/sd-notify.ts';
 
 /** Process exit codes. */
 export const EXIT = {
@@ -182,11 +184,8 @@ function fileIssues(config: KeelConfig, dir: string): ConfigIssue[] {
     }
   });
   if (config.ledger) {
-    try {
-      loadKeyFile(path.resolve(dir, config.ledger.key));
-    } catch (err) {
-      issues.push({ path: 'ledger.key', message: asError(err).message });
-    }
+    const problem = ledgerKeyProblem(config.ledger, dir);
+    if (problem) issues.push({ path: 'ledger.key', message: problem });
   }
   if (config.sync) issues.push(...syncFileIssues(config.sync, dir));
   config.pipelines.forEach((p, i) => {
@@ -303,7 +302,9 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
   let deviceKey: DeviceKey | undefined;
   if (config.ledger) {
     try {
-      const key = (deviceKey = loadKeyFile(path.resolve(dir, config.ledger.key)));
+      const { key, created } = ledgerKey(config.ledger, dir, config.device.name);
+      deviceKey = key;
+      if (created) logger.warn({ key: path.resolve(dir, config.ledger.key), verifierKey: verifierKey(key.name ?? config.device.name, key.publicKey) }, 'ledger.createKey: created a new device key; give its verifier key to the fleet');
       recorder = await LedgerRecorder.open(config.ledger, key, config.device.name, path.resolve(dir, config.ledger.dir), clock, logger);
       recorder.attach(runtime, readFileSync(o.file));
     } catch (err) {
@@ -391,7 +392,10 @@ async function runConfig(o: RunOptions, io: Io): Promise<number> {
     view = new LiveView(runtime, { json: o.live === 'json', write: toStdout ? io.out : io.err, tty: toStdout ? io.outTTY : io.isTTY, title: config.device.name, ledger: recorder, sync: sync?.client });
   }
   view?.start();
+  const notify = ServiceNotifications.fromEnv(process.env, { clock, health: () => runtime.health(), onError: (e) => logger.warn({ err: e.message }, 'systemd notification failed') });
+  await notify?.ready();
   const reason = await stopped;
+  await notify?.stopping(reason);
   view?.stop();
   await runtime.stop(reason);
   // Sync stops before the ledger closes: in-flight acks are awaited briefly, then the offline status.

@@ -27,8 +27,12 @@ export function requireTool(t: TestContext, tool: string, install: string): bool
   return false;
 }
 
+/** Wall-clock limits in tests are multiplied by this: KEEL_TEST_TIME_SCALE (tools/arm64/test.sh sets it for emulated runs). */
+export const TIME_SCALE = Math.max(1, Number(process.env.KEEL_TEST_TIME_SCALE) || 1);
+
 /** Resolves when `cond()` (sync or async) holds, polling every `everyMs`; rejects after `timeoutMs` with `what`. */
 export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000, everyMs = 10): Promise<void> {
+  timeoutMs *= TIME_SCALE;
   const end = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);

@@ -56,7 +56,7 @@ async function load() {
     // Say what the module does export, to point at the likely mistake.
     const cjs = decide && typeof decide === 'object' && decide.__esModule ? decide : undefined;
     const actual = cjs ? cjs.default : decide;
-    const names = [...new Set([...Object.keys(mod), ...Object.keys(cjs ?? {})])].filter((k) => k !== 'default' && k !== '__esModule');
+    const names = [...new Set([...Object.keys(mod), ...Object.keys(cjs ?? {})])].filter((k) => k !== 'default' && k !== '__esModule' && k !== 'module.exports');
     const what = actual === undefined ? 'missing' : actual === null ? 'null' : typeof actual;
     const exported = names.length ? ` (it exports: ${names.join(', ')})` : '';
     throw new TypeError(`the policy module must \`export default function decide(input)\`; its default export is ${what}${exported}`);

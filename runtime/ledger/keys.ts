@@ -387,3 +387,35 @@ function syncDirectory(dir: string): void {
     if (fd !== undefined) closeSync(fd);
   }
 }
+
+/** What loadOrCreateKeyFile did. */
+export interface KeyFileResult {
+  key: DeviceKey;
+  /** True when the file did not exist and was created now. */
+  created: boolean;
+}
+
+/**
+ * The first-run key path (config `ledger.createKey`): loads `file`; when it does not exist
+ * (ENOENT, nothing else) and `opts.create` is set, creates it as generateKeyFile does, named
+ * `opts.name`. Any other problem (unreadable, loose mode, malformed, a directory) is thrown as
+ * loadKeyFile throws it: an existing key is never replaced, since a new key is a new device
+ * identity. `opts.refuseCreate`, when given, is why a key must not be created even though none
+ * exists (the ledger already holds checkpoints signed by a lost key, for one).
+ * @throws KeyFileError (KEEL_E_KEY); a missing key without `create` says how to make one.
+ */
+export function loadOrCreateKeyFile(file: string, opts: { create: boolean; name?: string; refuseCreate?: string }): KeyFileResult {
+  try {
+    return { key: loadKeyFile(file), created: false };
+  } catch (err) {
+    const code = ((err as KeyFileError).cause as NodeJS.ErrnoException | undefined)?.code;
+    if (!(err instanceof KeyFileError) || code !== 'ENOENT') throw err;
+    if (!opts.create) {
+      throw new KeyFileError(file, `key file ${file} does not exist: create it with \`keel keygen --out ${file}\`, or set ledger.createKey: true to create it on first start`, { cause: err.cause });
+    }
+    if (opts.refuseCreate) {
+      throw new KeyFileError(file, `key file ${file} does not exist, and ledger.createKey will not create one: ${opts.refuseCreate}`, { cause: err.cause });
+    }
+  }
+  return { key: generateKeyFile(file, { name: opts.name }), created: true };
+}

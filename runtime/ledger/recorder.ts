@@ -10,6 +10,8 @@
  * written afterwards says how many, over which time span, and why. Nothing vanishes silently.
  */
 import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.ts';
@@ -17,6 +19,8 @@ import type { LedgerConfig } from '../config/schema.ts';
 import { asError } from '../errors.ts';
 import type { Runtime } from '../runtime.ts';
 import { KEEL_VERSION } from '../version.ts';
+import { KeyFileError } from './errors.ts';
+import { loadOrCreateKeyFile, type KeyFileResult } from './keys.ts';
 import { Ledger, type RecordInput } from './ledger.ts';
 import { tensorDigest, type InferenceBody } from './records.ts';
 
@@ -229,4 +233,57 @@ export class LedgerRecorder {
     await this.checkpoint();
     await this.ledger.close();
   }
+}
+
+/** The verifier key a ledger directory was signed with (its `vkey` file), if any. */
+function ledgerSigner(ledgerDir: string): string | undefined {
+  try {
+    return readFileSync(path.join(ledgerDir, 'vkey'), 'utf8').trim() || undefined;
+  } catch {
+    return undefined; // no ledger there yet
+  }
+}
+
+function refuseCreate(ledgerDir: string): string | undefined {
+  const signer = ledgerSigner(ledgerDir);
+  return signer ? `the ledger in ${ledgerDir} is signed by ${signer}; restore that key file (or move the ledger away to start a new one)` : undefined;
+}
+
+/**
+ * The device key of a ledger section for `keel run` (paths relative to `baseDir`): loaded, or
+ * with `ledger.createKey`, created on first start and named as the checkpoints will be (origin,
+ * else the device name). Never created for a ledger directory that a key already signed: a new
+ * key could not extend that log. The caller logs the verifier key of a created key, which the
+ * fleet must learn before it can verify this device.
+ * @throws KeyFileError (KEEL_E_KEY) with what to do.
+ */
+export function ledgerKey(cfg: LedgerConfig, baseDir: string, deviceName: string): KeyFileResult {
+  const ledgerDir = path.resolve(baseDir, cfg.dir);
+  return loadOrCreateKeyFile(path.resolve(baseDir, cfg.key), { create: cfg.createKey ?? false, name: cfg.origin ?? deviceName, refuseCreate: refuseCreate(ledgerDir) });
+}
+
+/**
+ * What `keel check` says about a ledger section's key, without creating anything: undefined
+ * when `keel run` will have a key (it exists and loads, or createKey will create it), else the
+ * problem.
+ */
+export function ledgerKeyProblem(cfg: LedgerConfig, baseDir: string): string | undefined {
+  const file = path.resolve(baseDir, cfg.key);
+  if (!cfg.createKey || existsSync(file)) {
+    try {
+      loadOrCreateKeyFile(file, { create: false });
+      return undefined;
+    } catch (err) {
+      return asError(err).message;
+    }
+  }
+  const refused = refuseCreate(path.resolve(baseDir, cfg.dir));
+  if (refused) return new KeyFileError(file, `key file ${file} does not exist, and ledger.createKey will not create one: ${refused}`).message;
+  const dir = path.dirname(file);
+  try {
+    if (!statSync(dir).isDirectory()) return `ledger.createKey cannot create ${file}: ${dir} is not a directory`;
+  } catch {
+    return `ledger.createKey cannot create ${file}: directory ${dir} does not exist`;
+  }
+  return undefined;
 }

@@ -15,8 +15,9 @@
  *   with a macrotask yield between batches so sensing and inference keep their turn.
  * - An ack counts only if its cosignature verifies with the configured fleet key and its
  *   checkpoint is this device's (origin, and the root of our own first `size` records). Then
- *   `delivered` advances, sync.json is replaced (atomic, fsynced), and only then the ledger
- *   may prune below it. No ack in time, or a nack: back to `delivered`, resend after backoff.
+ *   `delivered` advances, sync.json is replaced (atomic, fsynced; at most every
+ *   `persistEveryMs` while acks stream in), and only then the ledger may prune below what it
+ *   says. No ack in time, or a nack: back to `delivered`, resend after backoff.
  * - Every wait on the broker (connect, SUBACK, PUBACK, the fleet's ack) has its own timeout.
  *
  * Never throws into the caller's event loop: failures are logged, counted and retried.
@@ -106,6 +107,13 @@ export interface SyncClientOptions {
   pollMs?: number;
   /** Least time between two prunes of delivered records, ms (default 5000; each one fsyncs the store). */
   pruneEveryMs?: number;
+  /**
+   * Least time between two saves of sync.json while acks stream in, ms (default 1000). Each
+   * save is two fsyncs; a draining backlog is acked many times a second. The newest verified
+   * ack is saved at most this late, before any prune, and at stop; after a crash in between,
+   * the fleet's retained ack (or a resend, which the fleet stores idempotently) covers the gap.
+   */
+  persistEveryMs?: number;
 }
 
 /** Counters and gauges for /metrics and the live view. */
@@ -161,6 +169,8 @@ interface InFlight {
   start: number;
   end: number;
   bytes: number;
+  /** Root of the checkpoint this batch carries (its size is `end`): an ack of that size is checked against it without re-reading the tree. */
+  root: Buffer;
   /** Monotonic ms when published. */
   sentAt: number;
   /** Monotonic ms when the broker acknowledged it (PUBACK). */
@@ -179,6 +189,13 @@ const COMMAND_TIMEOUT_MS = 30_000;
 const SLICE_MS = 1;
 /** A record whose entry would not fit in a batch goes as its hash only (bytes). */
 const MAX_RECORD_IN_BATCH = MAX_BATCH_BYTES - MAX_BATCH_HEADER_BYTES - 5;
+/**
+ * Record bytes read from the ledger with one readRange call at most. A call reads and checks
+ * (CRC) synchronously: 256 KiB is some 0.2 ms of work, so a large batch is read in slices
+ * between which the event loop gets its turn (SLICE_MS).
+ */
+const READ_CHUNK_BYTES = 256 * 1024;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Syncs one ledger with the fleet. Build with `SyncClient.open`, then `start()`; `stop()` at the end. */
 export class SyncClient extends EventEmitter<SyncEvents> {
@@ -235,6 +252,8 @@ export class SyncClient extends EventEmitter<SyncEvents> {
   private pruning?: Promise<void>;
   private prunePending = false;
   private lastPruneAt = -Infinity;
+  private persistTimer?: TimerHandle;
+  private lastPersistAt = -Infinity;
 
   private commandQueue: Buffer[] = [];
   private commandRunning = false;
@@ -544,7 +563,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
       const payload = encodeBatch({ header: { v: 1, device: this.o.device, start, count: entries.length, checkpoint }, entries });
       this.recordBucket.take(entries.length);
       this.byteBucket.take(payload.length);
-      const b: InFlight = { start, end, bytes: payload.length, sentAt: this.clock.monotonic() };
+      const b: InFlight = { start, end, bytes: payload.length, root: checkpointRoot(checkpoint), sentAt: this.clock.monotonic() };
       this.inflight.push(b);
       this.next = end;
       this.st.batchesSent++;
@@ -579,7 +598,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
         // One read for a run of consecutive records (the store's frames are contiguous).
         let run: Buffer[];
         try {
-          run = this.ledger.readRange(i, maxEnd, Math.max(1, this.s.batchBytes - bytes));
+          run = this.ledger.readRange(i, maxEnd, Math.max(1, Math.min(READ_CHUNK_BYTES, this.s.batchBytes - bytes)));
         } catch (err) {
           if ((err as KeelError).code !== 'KEEL_E_LEDGER_PRUNED') throw err;
           first = this.ledger.firstAvailable;
@@ -758,7 +777,10 @@ export class SyncClient extends EventEmitter<SyncEvents> {
   private checkpointProblem(cp: Checkpoint): string | undefined {
     if (cp.origin !== this.ledger.origin) return `checkpoint origin ${cp.origin} is not this ledger's (${this.ledger.origin})`;
     if (cp.size > this.ledger.size) return `checkpoint size ${cp.size} is beyond this ledger's ${this.ledger.size} records`;
-    if (!this.ledger.rootAt(cp.size).equals(cp.root)) return `checkpoint root is not the root of this ledger's first ${cp.size} records`;
+    // The root signed for a batch in flight is the ledger's root at its end (history never
+    // changes): comparing with it spares the tree reads of rootAt on every ack.
+    const root = this.inflight.find((b) => b.end === cp.size)?.root ?? this.ledger.rootAt(cp.size);
+    if (!root.equals(cp.root)) return `checkpoint root is not the root of this ledger's first ${cp.size} records`;
     return undefined;
   }
 
@@ -774,7 +796,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     if (payload.length > MAX_ACK_BYTES) return this.rejectAck(`${payload.length} bytes is too large for an ack`);
     let text: string;
     try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(payload);
+      text = utf8.decode(payload);
     } catch {
       return this.rejectAck('not UTF-8');
     }
@@ -802,7 +824,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     this.ackTimerAt = Infinity;
     this.armAckTimer();
     this.emit('delivered', { size: cp.size });
-    void this.persistThenPrune();
+    this.schedulePersist();
     this.pump();
   }
 
@@ -904,6 +926,25 @@ export class SyncClient extends EventEmitter<SyncEvents> {
 
   private persist(): Promise<void> {
     return this.cursor.save({ delivered: this.delivered, bdSeq: this.bdSeq, ...(this.ackNote !== undefined ? { ack: this.ackNote } : {}) });
+  }
+
+  /** Saves the delivery state now, or at most persistEveryMs after the last save (then prunes). */
+  private schedulePersist(): void {
+    if (this.persistTimer || this.stopping) return;
+    const wait = this.lastPersistAt + (this.o.persistEveryMs ?? 1000) - this.clock.monotonic();
+    if (wait <= 0) {
+      this.lastPersistAt = this.clock.monotonic();
+      void this.persistThenPrune();
+      return;
+    }
+    this.persistTimer = this.clock.setTimeout(
+      'sync:persist',
+      () => {
+        this.persistTimer = undefined;
+        this.schedulePersist();
+      },
+      wait,
+    );
   }
 
   private async persistThenPrune(): Promise<void> {
@@ -1029,8 +1070,8 @@ export class SyncClient extends EventEmitter<SyncEvents> {
 
   private async doStop(waitMs: number): Promise<void> {
     this.stopping = true;
-    for (const t of [this.reconnectTimer, this.resendTimer, this.paceTimer, this.pruneTimer, this.pollTimer]) this.clock.cancel(t);
-    this.reconnectTimer = this.resendTimer = this.paceTimer = this.pruneTimer = this.pollTimer = undefined;
+    for (const t of [this.reconnectTimer, this.resendTimer, this.paceTimer, this.pruneTimer, this.pollTimer, this.persistTimer]) this.clock.cancel(t);
+    this.reconnectTimer = this.resendTimer = this.paceTimer = this.pruneTimer = this.pollTimer = this.persistTimer = undefined;
     if (this.connected && this.inflight.length > 0 && waitMs > 0) {
       await new Promise<void>((resolve) => {
         const done = () => {
@@ -1070,4 +1111,11 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     await this.cursor.idle();
     this.log.info({ delivered: this.delivered, backlog: this.ledger.size - this.delivered }, 'sync stopped');
   }
+}
+
+/** The root hash of a checkpoint note this device signed (its third line, base64). */
+function checkpointRoot(note: string): Buffer {
+  const a = note.indexOf('\n');
+  const b = note.indexOf('\n', a + 1);
+  return Buffer.from(note.slice(b + 1, note.indexOf('\n', b + 1)), 'base64');
 }

@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
+import { TIME_SCALE } from '../helpers.ts';
 
 /** The repository root (cwd of every child). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -70,7 +71,7 @@ export class KeelProcess {
       this.stderr += d;
       this.notify();
     });
-    const timeoutMs = o.timeoutMs ?? 20_000;
+    const timeoutMs = (o.timeoutMs ?? 20_000) * TIME_SCALE;
     this.timer = setTimeout(() => {
       this.stderr += `\n[test: killed after ${timeoutMs} ms]`;
       this.child.kill('SIGKILL');
@@ -97,6 +98,7 @@ export class KeelProcess {
 
   /** Resolves with the first stdout JSON log line whose msg starts with `msg`; rejects on exit or after `timeoutMs`. */
   async waitForLog(msg: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    timeoutMs *= TIME_SCALE;
     const end = Date.now() + timeoutMs;
     for (;;) {
       const hit = this.logs().find((l) => typeof l.msg === 'string' && l.msg.startsWith(msg));
