@@ -809,14 +809,19 @@ function telemetryProblem(b: Partial<TelemetryBody>, device: string): string | u
   return undefined;
 }
 
+/** Options of the commands that talk to the broker and check signatures against the registry (tail, send). */
+const BROKER_OPTIONS = {
+  broker: { type: 'string' },
+  user: { type: 'string' },
+  password: { type: 'string' },
+  prefix: { type: 'string' },
+  state: { type: 'string' },
+  vkey: { type: 'string' },
+} as const;
+
 async function cmdTail(args: string[], io: ConsoleIo): Promise<number> {
   const { values, positionals } = parse(args, {
-    broker: { type: 'string' },
-    user: { type: 'string' },
-    password: { type: 'string' },
-    prefix: { type: 'string' },
-    state: { type: 'string' },
-    vkey: { type: 'string' },
+    ...BROKER_OPTIONS,
     count: { type: 'string' },
     duration: { type: 'string' },
     json: { type: 'boolean' },
@@ -957,12 +962,7 @@ function describeCommand(c: Command): string {
 async function cmdSend(args: string[], io: ConsoleIo): Promise<number> {
   const { values, positionals } = parse(args, {
     key: { type: 'string', short: 'k' },
-    broker: { type: 'string' },
-    user: { type: 'string' },
-    password: { type: 'string' },
-    prefix: { type: 'string' },
-    state: { type: 'string' },
-    vkey: { type: 'string' },
+    ...BROKER_OPTIONS,
     ttl: { type: 'string' },
     wait: { type: 'string' },
     json: { type: 'boolean' },
