@@ -48,8 +48,8 @@ test('a sync section gets its defaults; the fleet key and audience resolve', () 
   const c = parseConfigText(config(`sync: { broker: "mqtts://fleet.example:8883", fleet: "${fk.vkey}", operators: ["${op.vkey}"] }`), 'c.yaml');
   const s = c.sync!;
   assert.equal(s.prefix, 'keel');
-  assert.equal(s.maxInFlight, 4);
-  assert.equal(s.batchRecords, 2000);
+  assert.equal(s.maxInFlight, 8);
+  assert.equal(s.batchRecords, 10_000);
   assert.equal(s.batchBytes, 1_048_576);
   assert.equal(s.ackTimeoutMs, 10_000);
   assert.equal(s.tokenLifetimeS, 600);
