@@ -102,7 +102,9 @@ export interface SyncClientOptions {
   /**
    * How often the ledger is checked for new records while connected, ms (default 1000). Each
    * batch costs a checkpoint signature, fsyncs and an ack, so live records go in batches at
-   * about this pace, not one by one (an SD card's write budget is finite).
+   * about this pace, not one by one (an SD card's write budget is finite): a batch that does
+   * not fill batchRecords or batchBytes (the device has caught up) goes at most once per
+   * pollMs after the previous such batch, not after every ack. A backlog goes at once.
    */
   pollMs?: number;
   /** Least time between two prunes of delivered records, ms (default 5000; each one fsyncs the store). */
@@ -225,6 +227,10 @@ export class SyncClient extends EventEmitter<SyncEvents> {
   private lastAckAt = 0;
   /** Records below this are sent without pacing (requestSync). */
   private urgentTo = 0;
+  /** Monotonic ms when the last batch that took every record there was (a live batch) was sent. */
+  private lastLiveAt = -Infinity;
+  /** Batch bytes per record of the last batch: tells a full batch from a partial one before reading it. */
+  private bytesPerRecord = 0;
 
   private link?: SyncLink;
   /** Incremented whenever the link changes; callbacks of an older link are ignored. */
@@ -549,13 +555,13 @@ export class SyncClient extends EventEmitter<SyncEvents> {
       const gen = this.linkGen;
       const start = this.next;
       if (start >= this.urgentTo) {
-        const wait = Math.max(this.recordBucket.delayMs(), this.byteBucket.delayMs());
+        const wait = Math.max(this.recordBucket.delayMs(), this.byteBucket.delayMs(), this.liveDelayMs(start));
         if (wait > 0) {
           this.armPace(wait);
           return;
         }
       }
-      const { end, entries } = await this.readEntries(start);
+      const { end, entries, caughtUp } = await this.readEntries(start);
       if (entries.length === 0) continue;
       // Syncs the store first: every record this batch carries is durable before it leaves.
       const checkpoint = await this.ledger.signCheckpointAt(end);
@@ -566,6 +572,8 @@ export class SyncClient extends EventEmitter<SyncEvents> {
       const b: InFlight = { start, end, bytes: payload.length, root: checkpointRoot(checkpoint), sentAt: this.clock.monotonic() };
       this.inflight.push(b);
       this.next = end;
+      this.bytesPerRecord = payload.length / entries.length;
+      if (caughtUp) this.lastLiveAt = b.sentAt;
       this.st.batchesSent++;
       this.st.recordsSent += entries.length;
       this.st.bytesSent += payload.length;
@@ -577,9 +585,24 @@ export class SyncClient extends EventEmitter<SyncEvents> {
     }
   }
 
-  /** Entries from `start`: records (or leaf hashes of pruned ones), bounded by count and bytes. */
-  private async readEntries(start: number): Promise<{ end: number; entries: BatchEntry[] }> {
-    const maxEnd = Math.min(this.ledger.size, start + this.s.batchRecords);
+  /**
+   * Ms until a batch from `start` may go if it would be partial (fewer than batchRecords
+   * records, and by the last batch's bytes per record fewer than batchBytes): live records go
+   * about once per pollMs. 0 for a full batch (a backlog drains at once, paced by the buckets).
+   */
+  private liveDelayMs(start: number): number {
+    const available = this.ledger.size - start;
+    if (available >= this.s.batchRecords || available * this.bytesPerRecord >= this.s.batchBytes) return 0;
+    return Math.max(0, this.lastLiveAt + (this.o.pollMs ?? 1000) - this.clock.monotonic());
+  }
+
+  /**
+   * Entries from `start`: records (or leaf hashes of pruned ones), bounded by count and bytes.
+   * `caughtUp`: the batch holds every record the ledger had when reading began.
+   */
+  private async readEntries(start: number): Promise<{ end: number; entries: BatchEntry[]; caughtUp: boolean }> {
+    const size = this.ledger.size;
+    const maxEnd = Math.min(size, start + this.s.batchRecords);
     let first = this.ledger.firstAvailable;
     const entries: BatchEntry[] = [];
     let bytes = 0;
@@ -608,7 +631,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
         for (const r of run) {
           const e: BatchEntry = r.length <= MAX_RECORD_IN_BATCH ? { kind: 'record', bytes: r } : this.oversized(i);
           const cost = 5 + (e.kind === 'record' ? r.length : 32);
-          if (!fits(cost)) return { end: i, entries };
+          if (!fits(cost)) return { end: i, entries, caughtUp: false };
           entries.push(e);
           bytes += cost;
           i++;
@@ -633,7 +656,7 @@ export class SyncClient extends EventEmitter<SyncEvents> {
       bytes += cost;
       i++;
     }
-    return { end: i, entries };
+    return { end: i, entries, caughtUp: i === size };
   }
 
   /** A record too large for any batch goes as its hash (and says so). */

@@ -83,9 +83,7 @@ test('link cut, duplicated and reordered batches, a blackhole and a device SIGKI
     // sides and a fleet transaction), not one small batch per ack round trip. Counted at the
     // wire: batches short of batchRecords (a full one may go at once). A subtest: the rest runs
     // whatever it finds.
-    // todo: a known defect, kept visible (node:test reports it as a todo): after each ack the
-    // client sends what was logged during the round trip instead of waiting for the poll.
-    await t.test('live records go out about once per poll, not once per ack round trip', { todo: 'client.ts sends a partial batch after every ack (see the issue 4 note)' }, async () => {
+    await t.test('live records go out about once per poll, not once per ack round trip', async () => {
       const from = Date.now();
       await new Promise((r) => setTimeout(r, 3000));
       const live = proxy!.batchLog.filter((b) => b.device === DEVICE && b.at >= from && b.at < from + 3000);
